@@ -1,0 +1,177 @@
+"""The error vocabulary: every failure snapport reports has a stable name, an exit code and retry advice.
+
+The tree (a leaf module: it imports nothing of ours, so every layer, the model included, may raise these)::
+
+    SnapportError                       INTERNAL              70
+    ├── UsageError                      BAD_ARGUMENT           2
+    ├── DocumentError                   INVALID_DOCUMENT       1
+    ├── ObjectNotFound                  OBJECT_NOT_FOUND       3
+    ├── BadState                        BAD_STATE              4
+    ├── CatalogError                    CATALOG_ERROR          5
+    ├── SetInProgress                   SET_IN_PROGRESS        6
+    ├── MaxVolumes                      MAX_VOLUMES            7
+    ├── UnsupportedContext              UNSUPPORTED_CONTEXT    8
+    ├── VolumeNotSupported              VOLUME_NOT_SUPPORTED   9
+    ├── ProviderError                   PROVIDER_ERROR        10
+    │   └── ProviderVeto                PROVIDER_VETO         11
+    ├── WriterError                     WRITER_ERROR          12
+    ├── FreezeTimeout                   FREEZE_TIMEOUT        13
+    ├── HoldTimeout                     HOLD_TIMEOUT          14
+    ├── ImportRefused                   IMPORT_REFUSED        15
+    │   └── ClusterRule                 CLUSTER_RULE          16
+    ├── PathEscape                      PATH_ESCAPE           17
+    └── LeaseExpired                    LEASE_EXPIRED         18
+
+`docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SnapportError(Exception):
+    """Root of every error snapport reports on purpose; anything else is a bug."""
+
+    code: ClassVar[str] = "INTERNAL"
+    exit_code: ClassVar[int] = 70
+    advice: ClassVar[str] = "this is a bug in snapport; rerun with --debug and report the traceback"
+
+    def __init__(self, message: str) -> None:
+        # One line, always: the CLI prints it as is.
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(SnapportError):
+    code = "BAD_ARGUMENT"
+    exit_code = 2
+    advice = "check the command line against `snapport VERB --help`"
+
+
+class DocumentError(SnapportError):
+    """An XML document was refused: not well-formed, hostile, too big, or not valid against its schema."""
+
+    code = "INVALID_DOCUMENT"
+    exit_code = 1
+    advice = "the document is not usable; fetch a fresh copy from the host that wrote it"
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None) -> None:
+        self.line = line
+        self.column = column
+        where = ""
+        if line is not None:
+            where = f" (line {line}" + (f", column {column})" if column is not None else ")")
+        super().__init__(message + where)
+
+
+class ObjectNotFound(SnapportError):
+    code = "OBJECT_NOT_FOUND"
+    exit_code = 3
+    advice = "list what exists with `snapport list`"
+
+
+class BadState(SnapportError):
+    """An operation came in the wrong order for the object's life cycle (VSS_E_BAD_STATE)."""
+
+    code = "BAD_STATE"
+    exit_code = 4
+    advice = "see the object's state with `snapport show ID`; do not retry the same step"
+
+
+class CatalogError(SnapportError):
+    code = "CATALOG_ERROR"
+    exit_code = 5
+    advice = "check $SNAPPORT_HOME is writable and the catalog URL is reachable, then retry"
+
+
+class SetInProgress(SnapportError):
+    code = "SET_IN_PROGRESS"
+    exit_code = 6
+    advice = "another snapshot set is being created on this host; retry when it ends"
+
+
+class MaxVolumes(SnapportError):
+    code = "MAX_VOLUMES"
+    exit_code = 7
+    advice = "a set holds at most 64 volumes; split the volumes over several sets"
+
+
+class UnsupportedContext(SnapportError):
+    code = "UNSUPPORTED_CONTEXT"
+    exit_code = 8
+    advice = "choose a context and attributes the provider supports (`snapport create --help`)"
+
+
+class VolumeNotSupported(SnapportError):
+    code = "VOLUME_NOT_SUPPORTED"
+    exit_code = 9
+    advice = "no provider covers this volume; put it on an array LUN or a supported filesystem"
+
+
+class ProviderError(SnapportError):
+    code = "PROVIDER_ERROR"
+    exit_code = 10
+    advice = "the provider failed unexpectedly; wait a few minutes and retry up to three times"
+
+
+class ProviderVeto(ProviderError):
+    code = "PROVIDER_VETO"
+    exit_code = 11
+    advice = "the provider refused the operation; wait a few minutes and retry up to three times"
+
+
+class WriterError(SnapportError):
+    code = "WRITER_ERROR"
+    exit_code = 12
+    advice = "see `snapport writers` for the failing writer and its last error"
+
+
+class FreezeTimeout(SnapportError):
+    code = "FREEZE_TIMEOUT"
+    exit_code = 13
+    advice = "a writer did not freeze in time; reduce the load or raise --freeze-timeout, then retry"
+
+
+class HoldTimeout(SnapportError):
+    code = "HOLD_TIMEOUT"
+    exit_code = 14
+    advice = "the provider commit exceeded its bound; reduce the load or raise --commit-timeout, then retry"
+
+
+class ImportRefused(SnapportError):
+    code = "IMPORT_REFUSED"
+    exit_code = 15
+    advice = "check the Backup Components Document names LUNs that exist and the set is not imported elsewhere"
+
+
+class ClusterRule(ImportRefused):
+    code = "CLUSTER_RULE"
+    exit_code = 16
+    advice = "import on a host that does not see the original volume"
+
+
+class PathEscape(SnapportError):
+    code = "PATH_ESCAPE"
+    exit_code = 17
+    advice = "paths must stay inside their volume: no '..', no absolute paths"
+
+
+class LeaseExpired(SnapportError):
+    code = "LEASE_EXPIRED"
+    exit_code = 18
+    advice = "the backup host stopped renewing its lease; the session was aborted, start a new backup"
+
+
+def all_error_classes() -> list[type[SnapportError]]:
+    """Every error class, root first, in a stable order (for the exit-code table)."""
+    found: list[type[SnapportError]] = []
+    pending: list[type[SnapportError]] = [SnapportError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(sorted(cls.__subclasses__(), key=lambda c: c.exit_code))
+    return sorted(found, key=lambda c: c.exit_code)
