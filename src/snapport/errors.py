@@ -20,7 +20,8 @@ The tree (a leaf module: it imports nothing of ours, so every layer, the model i
     ├── ImportRefused                   IMPORT_REFUSED        15
     │   └── ClusterRule                 CLUSTER_RULE          16
     ├── PathEscape                      PATH_ESCAPE           17
-    └── LeaseExpired                    LEASE_EXPIRED         18
+    ├── LeaseExpired                    LEASE_EXPIRED         18
+    └── SystemCommandError              SYSTEM_ERROR          19
 
 `docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module.
 """
@@ -164,6 +165,14 @@ class LeaseExpired(SnapportError):
     code = "LEASE_EXPIRED"
     exit_code = 18
     advice = "the backup host stopped renewing its lease; the session was aborted, start a new backup"
+
+
+class SystemCommandError(SnapportError):
+    """A system command or call (losetup, mount, an ioctl) failed; the message carries its output."""
+
+    code = "SYSTEM_ERROR"
+    exit_code = 19
+    advice = "the operating system refused; check the message, free the resource it names, then retry"
 
 
 def all_error_classes() -> list[type[SnapportError]]:

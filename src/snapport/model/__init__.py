@@ -22,6 +22,7 @@ from snapport.model.writer_metadata import (
     WriterMetadata,
     WriterRestore,
 )
+from snapport.model.writer_state import WriterState
 
 __all__ = [
     "FINAL_STATES",
@@ -51,6 +52,7 @@ __all__ = [
     "WriterComponents",
     "WriterMetadata",
     "WriterRestore",
+    "WriterState",
     "allowed_transitions",
     "check_transition",
     "context_attrs",

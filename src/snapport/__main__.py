@@ -1,0 +1,5 @@
+import sys
+
+from snapport.cli.main import main
+
+sys.exit(main())

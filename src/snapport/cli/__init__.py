@@ -1,0 +1,1 @@
+"""The `snapport` command line (thin: parses, calls coordinator/agent, prints)."""

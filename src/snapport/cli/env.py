@@ -1,0 +1,54 @@
+"""What every verb is given: the host's home and, opened on first use, its catalog and coordinator host."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import click
+
+from snapport.catalog import Catalog, catalog_url
+from snapport.errors import ObjectNotFound, UsageError
+from snapport.model import SnapshotSet
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+class Env:
+    """What every verb gets injected: the host's home and, opened on first use, its catalog."""
+
+    def __init__(self, home: Path, catalog_url_override: str | None) -> None:
+        self.home = home
+        self._url = catalog_url_override
+        self._catalog: Catalog | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog.open(self._url or catalog_url(self.home))
+        return self._catalog
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+def find_set(env: Env, set_id: str) -> SnapshotSet:
+    """A set by full id or by a unique prefix of at least 4 hex digits (as git and docker accept)."""
+    catalog = env.catalog
+    try:
+        return catalog.get_set(uuid.UUID(set_id))
+    except ValueError:
+        pass
+    prefix = set_id.lower()
+    if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
+        raise UsageError(f"{set_id!r} is not a set id (a UUID, or a unique prefix of at least 4 hex digits)")
+    matches = [s for s in catalog.list_sets() if str(s.id).startswith(prefix)]
+    if len(matches) > 1:
+        raise UsageError(f"{set_id!r} matches {len(matches)} sets; give more of the id")
+    if not matches:
+        raise ObjectNotFound(f"no snapshot set with id {set_id!r}")
+    return matches[0]
