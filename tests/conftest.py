@@ -129,7 +129,8 @@ def _leaks(base: Path) -> list[str]:
     left = [f"mount {m.mount_point}" for m in mnt.mounts() if m.mount_point.startswith(prefix)]
     if IS_ROOT and shutil.which("losetup"):
         runner = SubprocessRunner()
-        left += [f"loop {d.device} ({d.backing_file})" for d in loop.attached(runner) if d.backing_file.startswith(prefix)]
+        attached = loop.attached(runner)
+        left += [f"loop {d.device} ({d.backing_file})" for d in attached if d.backing_file.startswith(prefix)]
     return left
 
 

@@ -129,7 +129,10 @@ def test_sigkill_of_the_coordinator_thaws_at_once(scratch: Scratch) -> None:
 
 def test_file_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     lock_path = tmp_path / "x.lock"
-    code = f"from pathlib import Path; from snapport.osal.lock import FileLock\nwith FileLock(Path({str(lock_path)!r}), timeout_s=0.3): pass"
+    code = (
+        "from pathlib import Path; from snapport.osal.lock import FileLock\n"
+        f"with FileLock(Path({str(lock_path)!r}), timeout_s=0.3): pass"
+    )
     with FileLock(lock_path):
-        assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode != 0
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 0

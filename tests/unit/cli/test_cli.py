@@ -21,7 +21,7 @@ def run(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
     full_env = {**os.environ, "SNAPPORT_HOME": str(home), **(env or {})}
     full_env.pop("SNAPPORT_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "snapport", *args], capture_output=True, text=True, env=full_env, timeout=60
+        [sys.executable, "-m", "snapport", *args], capture_output=True, text=True, env=full_env, timeout=60, check=False
     )
 
 
@@ -48,7 +48,11 @@ def seeded(tmp_path: Path) -> tuple[Path, SnapshotSet]:
         created_at=datetime.now(UTC),
         snapshots=(
             Snapshot(
-                id=uuid.uuid4(), set_id=set_id, volume=volume, locator=Locator(provider="reflink-array"), attrs=Attr.NONE
+                id=uuid.uuid4(),
+                set_id=set_id,
+                volume=volume,
+                locator=Locator(provider="reflink-array"),
+                attrs=Attr.NONE,
             ),
         ),
     )
@@ -87,7 +91,11 @@ def test_writers_lists_the_catalog_rows(seeded: tuple[Path, SnapshotSet]) -> Non
     assert json.loads(run(home, "writers", "--json").stdout) == {"writers": []}
     with Catalog.open(catalog_url(home)) as catalog:
         catalog.upsert_writer_status(
-            "w-1", class_id="c", kind="sqlite", name="sqlite", instance_name="/srv/data/app.db",
+            "w-1",
+            class_id="c",
+            kind="sqlite",
+            name="sqlite",
+            instance_name="/srv/data/app.db",
             state=WriterState.STABLE,
             last_freeze_ms=8.0,
         )

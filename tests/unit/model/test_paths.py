@@ -5,9 +5,7 @@ from snapport.model import Component, ComponentType, FileSpec
 from snapport.model.paths import file_pattern, relative_path, relative_to_volume, volume_path
 
 
-@pytest.mark.parametrize(
-    ("raw", "normal"), [("/srv/data", "/srv/data"), ("/srv//data/", "/srv/data"), ("/", "/")]
-)
+@pytest.mark.parametrize(("raw", "normal"), [("/srv/data", "/srv/data"), ("/srv//data/", "/srv/data"), ("/", "/")])
 def test_volume_path_normalises(raw: str, normal: str) -> None:
     assert volume_path(raw) == normal
 

@@ -1,3 +1,4 @@
+import itertools
 import uuid
 
 import pytest
@@ -29,7 +30,7 @@ from snapport.model import (
 def test_happy_path_of_a_backup_set() -> None:
     path = [SetState.PREPARING, SetState.SNAPSHOTTING, SetState.CREATED, SetState.EXPOSED]
     path += [SetState.CREATED, SetState.DELETING, SetState.DELETED]
-    for current, new in zip(path, path[1:], strict=False):
+    for current, new in itertools.pairwise(path):
         check_transition(current, new)
 
 

@@ -13,7 +13,7 @@ def test_subprocess_runner_reports_rc_output_and_duration() -> None:
 
 
 def test_subprocess_runner_times_out_and_reports_missing_commands() -> None:
-    with pytest.raises(SystemCommandError, match="did not finish within 0.2 s"):
+    with pytest.raises(SystemCommandError, match=r"did not finish within 0\.2 s"):
         SubprocessRunner().run(["sleep", "5"], timeout=0.2)
     with pytest.raises(SystemCommandError, match="cannot run"):
         SubprocessRunner().run(["/nonexistent/tool"])
