@@ -176,4 +176,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error_line(internal, as_json=as_json), file=sys.stderr)
         return internal.exit_code
     return rc if isinstance(rc, int) else 0
-
