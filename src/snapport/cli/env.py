@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from snapport.catalog import Catalog, catalog_url
+from snapport.coordinator.host import Host, run_dir
 from snapport.errors import ObjectNotFound, UsageError
 from snapport.model import SnapshotSet
+from snapport.providers.registry import host_name
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
@@ -21,12 +23,20 @@ class Env:
         self.home = home
         self._url = catalog_url_override
         self._catalog: Catalog | None = None
+        self._host: Host | None = None
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = Catalog.open(self._url or catalog_url(self.home))
         return self._catalog
+
+    @property
+    def host(self) -> Host:
+        """This host as the coordinator sees it (name from `$SNAPPORT_HOST`, else the system's)."""
+        if self._host is None:
+            self._host = Host(name=host_name(), home=self.home, catalog=self.catalog, run_dir=run_dir())
+        return self._host
 
     def close(self) -> None:
         if self._catalog is not None:

@@ -12,8 +12,10 @@ import click
 
 from snapport import __version__
 from snapport.catalog import default_home
+from snapport.cli.array import array
 from snapport.cli.env import Env, find_set, json_option, pass_env
 from snapport.cli.output import emit_json, error_line, fields, table
+from snapport.cli.shadow import COMMANDS as SHADOW_COMMANDS
 from snapport.documents import validate_file
 from snapport.errors import SnapportError, UsageError
 from snapport.model import BackupComponents, WriterMetadata
@@ -176,3 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error_line(internal, as_json=as_json), file=sys.stderr)
         return internal.exit_code
     return rc if isinstance(rc, int) else 0
+
+
+for command in (array, *SHADOW_COMMANDS):
+    cli.add_command(command)

@@ -24,6 +24,10 @@ class WriterState(enum.StrEnum):
     FAILED_AT_THAW = "failed-at-thaw"
     FAILED_AT_POST_SNAPSHOT = "failed-at-post-snapshot"
     FAILED_AT_BACKUP_COMPLETE = "failed-at-backup-complete"
+    FAILED_AT_ABORT = "failed-at-abort"
+    FAILED_AT_BACKUP_SHUTDOWN = "failed-at-backup-shutdown"
+    FAILED_AT_PRE_RESTORE = "failed-at-pre-restore"
+    FAILED_AT_POST_RESTORE = "failed-at-post-restore"
 
     @property
     def failed(self) -> bool:

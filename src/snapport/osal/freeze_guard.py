@@ -141,7 +141,9 @@ class FreezeGuard:
         try:
             self._expect("frozen", timeout_s=answer_within_s)
         except FreezeTimeout:
-            self.close()  # kills the guard, then thaws by ioctl
+            # The guard may have frozen some filesystems just before we gave up on it: thaw them by ioctl.
+            self.frozen = True
+            self.close()
             raise
         self.frozen = True
 

@@ -1,0 +1,307 @@
+"""What happens to a set after it is made: import, expose, map, unexpose, delete, break, complete.
+
+Each step is recorded in the catalog before it acts, is idempotent where the VSS verb is, and undoes what it did
+when it fails half-way (a failed import unpresents what it presented: VSS leaves LUNs behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from snapport.coordinator.host import Host
+from snapport.coordinator.recording import record_writer
+from snapport.documents import bcd_to_xml, load_documents
+from snapport.errors import BadState, ImportRefused, ObjectNotFound, PathEscape, SnapportError, UsageError
+from snapport.model import Attr, BackupComponents, BackupType, SetState, Snapshot, SnapshotSet
+from snapport.model.paths import relative_to_volume
+from snapport.writers.base import Deadline, Session
+from snapport.writers.guarded import GuardedWriter
+from snapport.writers.registry import writer_from_spec
+
+IMPORT_LOCK_WAIT_S = 300.0
+COMPLETE_EVENT_TIMEOUT_S = 300.0
+
+
+def volume_dir_name(mount_point: str) -> str:
+    """A directory name for a volume's exposed copy: `/srv/data` → `srv-data`, `/` → `root`."""
+    return mount_point.strip("/").replace("/", "-") or "root"
+
+
+# -- import (VSS: ImportSnapshots) -------------------------------------------------------------------------------
+
+
+def import_snapshot_set(host: Host, bcd: BackupComponents) -> SnapshotSet:
+    """Present the set's snapshots on this host, read-only, and record it `imported`.
+
+    Serialised by a host-wide lock; importing a set that is already imported here returns it unchanged.
+    """
+    description = bcd.snapshot_set
+    catalog = host.catalog
+    with host.lock("import", timeout_s=IMPORT_LOCK_WAIT_S, what="the import lock"):
+        try:
+            existing = catalog.get_set(description.set_id)
+        except ObjectNotFound:
+            existing = None
+        if existing is not None:
+            if Attr.IMPORTED in existing.attrs and existing.state in (SetState.CREATED, SetState.EXPOSED):
+                return existing
+            raise ImportRefused(
+                f"set {description.set_id} is already known here as {existing.state.value}; it cannot be imported"
+            )
+        for snap in description.snapshots:  # refuse before recording anything: bad input changes nothing
+            if snap.locator.destination is None and not snap.locator.properties:
+                raise ImportRefused(f"snapshot {snap.snapshot_id} has no locator: the set was not made transportable")
+            host.provider(snap.locator.provider).check_import(snap.locator)
+        started = time.monotonic()
+        attrs = description.attrs | Attr.IMPORTED
+        catalog.add_set(
+            SnapshotSet(
+                id=description.set_id,
+                context=description.context,
+                attrs=attrs,
+                state=SetState.IMPORTING,
+                originating_host=bcd.originating_host,
+                service_host=host.name,
+                created_at=datetime.now(UTC),
+                snapshots=tuple(
+                    Snapshot(
+                        id=s.snapshot_id,
+                        set_id=description.set_id,
+                        volume=s.original_volume,
+                        locator=s.locator,
+                        attrs=s.attrs | Attr.IMPORTED,
+                    )
+                    for s in description.snapshots
+                ),
+            )
+        )
+        presented: list[tuple[uuid.UUID, str]] = []
+        try:
+            for snap in description.snapshots:
+                provider = host.provider(snap.locator.provider)
+                device = provider.import_snapshot(snap.locator)
+                presented.append((snap.snapshot_id, device))
+                catalog.update_snapshot(snap.snapshot_id, device=device)
+        except BaseException as exc:
+            for snapshot_id, device in reversed(presented):
+                locator = next(s.locator for s in description.snapshots if s.snapshot_id == snapshot_id)
+                _quietly(host, description.set_id, partial(host.provider(locator.provider).unimport, locator, device))
+                catalog.update_snapshot(snapshot_id, device=None)
+            reason = exc.message if isinstance(exc, SnapportError) else f"{type(exc).__name__}: {exc}"
+            catalog.transition(description.set_id, SetState.ABORTED, reason=f"import failed: {reason}")
+            raise
+        catalog.record_import(
+            description.set_id,
+            host.name,
+            import_ms=(time.monotonic() - started) * 1000,
+            document_sha256=hashlib.sha256(bcd_to_xml(bcd)).hexdigest(),
+        )
+        return catalog.transition(description.set_id, SetState.CREATED)
+
+
+# -- expose, map, unexpose ---------------------------------------------------------------------------------------
+
+
+def _present_locally(host: Host, snapshot_set: SnapshotSet, snapshot: Snapshot) -> str:
+    """The device of a snapshot on this host, presenting it first if this host made it and it is not transportable."""
+    if snapshot.device:
+        return snapshot.device
+    if Attr.TRANSPORTABLE in snapshot_set.attrs and Attr.IMPORTED not in snapshot_set.attrs:
+        raise BadState(
+            f"set {snapshot_set.id} is transportable: it is not surfaced on the host that made it; import it on "
+            "the backup host"
+        )
+    device = host.provider(snapshot.locator.provider).import_snapshot(snapshot.locator)
+    host.catalog.update_snapshot(snapshot.id, device=device)
+    return device
+
+
+def expose(host: Host, set_id: uuid.UUID, at: Path | None = None) -> dict[str, str]:
+    """Mount every snapshot of the set read-only under `at` (default /run/snapport/<set>); {volume: path}."""
+    catalog = host.catalog
+    snapshot_set = catalog.get_set(set_id)
+    if snapshot_set.state is SetState.EXPOSED:
+        return {s.volume.mount_point: str(s.exposed_at) for s in snapshot_set.snapshots}
+    if snapshot_set.state is not SetState.CREATED:
+        raise BadState(f"set {set_id} is {snapshot_set.state.value}; only a created set can be exposed")
+    if Attr.CLIENT_ACCESSIBLE in snapshot_set.attrs:
+        raise BadState(f"set {set_id} is client-accessible; such copies are never exposed")
+    base = (at or host.run_dir / str(set_id)).absolute()
+    exposed: list[tuple[Snapshot, Path]] = []
+    try:
+        for snapshot in snapshot_set.snapshots:
+            device = _present_locally(host, snapshot_set, snapshot)
+            target = base / volume_dir_name(snapshot.volume.mount_point)
+            if target.exists() and any(target.iterdir()):
+                raise UsageError(f"{target} is not empty; choose another --at")
+            target.mkdir(parents=True, exist_ok=True)
+            host.provider(snapshot.locator.provider).expose(snapshot.locator, device, snapshot.volume.fs_type, target)
+            exposed.append((snapshot, target))
+            catalog.record_exposure(snapshot.id, str(target))
+    except BaseException:
+        for snapshot, target in reversed(exposed):
+            _quietly(host, set_id, partial(_unexpose_one, host, snapshot, target))
+        raise
+    catalog.transition(set_id, SetState.EXPOSED)
+    return {s.volume.mount_point: str(t) for s, t in exposed}
+
+
+def _unexpose_one(host: Host, snapshot: Snapshot, target: Path) -> None:
+    host.provider(snapshot.locator.provider).unexpose(snapshot.locator, target)
+    host.catalog.remove_exposure(snapshot.id)
+    with contextlib.suppress(OSError):  # only the empty directory we made
+        target.rmdir()
+
+
+def unexpose(host: Host, set_id: uuid.UUID) -> SnapshotSet:
+    """Unmount every exposed snapshot of the set; idempotent."""
+    snapshot_set = host.catalog.get_set(set_id)
+    for snapshot in snapshot_set.snapshots:
+        if snapshot.exposed_at:
+            _unexpose_one(host, snapshot, Path(snapshot.exposed_at))
+    if snapshot_set.state is SetState.EXPOSED:
+        return host.catalog.transition(set_id, SetState.CREATED)
+    return host.catalog.get_set(set_id)
+
+
+def map_path(host: Host, set_id: uuid.UUID, original: str) -> str:
+    """Where `original` (a path on the original host) is inside the exposed copy; never outside it."""
+    snapshot_set = host.catalog.get_set(set_id)
+    candidates = [
+        s
+        for s in snapshot_set.snapshots
+        if original == s.volume.mount_point or original.startswith(s.volume.mount_point.rstrip("/") + "/")
+    ]
+    if not candidates:
+        raise PathEscape(f"{original} is on none of the set's volumes")
+    snapshot = max(candidates, key=lambda s: len(s.volume.mount_point))
+    if not snapshot.exposed_at:
+        raise BadState(f"set {set_id} is not exposed; run `snapport expose {set_id}` first")
+    relative = relative_to_volume(snapshot.volume.mount_point, original)
+    root = os.path.realpath(snapshot.exposed_at)
+    mapped = str(Path(root) / relative) if relative else root
+    resolved = os.path.realpath(mapped)
+    if resolved != root and not resolved.startswith(root.rstrip("/") + "/"):
+        raise PathEscape(f"{original} resolves outside the snapshot (a symbolic link leads to {resolved})")
+    return mapped
+
+
+# -- delete, break -----------------------------------------------------------------------------------------------
+
+
+def delete(host: Host, set_id: uuid.UUID) -> SnapshotSet:
+    """Remove the set's snapshots (unexposing and unpresenting them first); idempotent after a crash."""
+    catalog = host.catalog
+    snapshot_set = catalog.get_set(set_id)
+    if snapshot_set.state is SetState.DELETED:
+        return snapshot_set
+    if snapshot_set.state is not SetState.DELETING:
+        snapshot_set = catalog.transition(set_id, SetState.DELETING)
+    for snapshot in snapshot_set.snapshots:
+        provider = host.provider(snapshot.locator.provider)
+        if snapshot.exposed_at:
+            _unexpose_one(host, snapshot, Path(snapshot.exposed_at))
+        if snapshot.device:
+            provider.unimport(snapshot.locator, snapshot.device)
+            catalog.update_snapshot(snapshot.id, device=None)
+        if snapshot.locator.destination is not None or snapshot.locator.properties:
+            provider.delete(snapshot.locator)
+    base = host.run_dir / str(set_id)
+    if base.is_dir():
+        with contextlib.suppress(OSError):
+            base.rmdir()
+    return catalog.transition(set_id, SetState.DELETED)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenVolume:
+    original: str
+    device: str
+
+
+def break_set(host: Host, set_id: uuid.UUID) -> list[BrokenVolume]:
+    """Turn each snapshot into a standalone read-write volume and forget the set (VSS: BreakSnapshotSetEx)."""
+    catalog = host.catalog
+    snapshot_set = catalog.get_set(set_id)
+    if snapshot_set.state is SetState.EXPOSED:
+        snapshot_set = unexpose(host, set_id)
+    if snapshot_set.state is not SetState.CREATED:
+        raise BadState(f"set {set_id} is {snapshot_set.state.value}; only a created set can be broken")
+    broken = []
+    for snapshot in snapshot_set.snapshots:
+        provider = host.provider(snapshot.locator.provider)
+        if not provider.capabilities.can_break:
+            raise BadState(f"provider {provider.name} cannot break snapshots")
+        device = _present_locally(host, snapshot_set, snapshot)
+        broken.append(BrokenVolume(snapshot.volume.mount_point, provider.break_snapshot(snapshot.locator, device)))
+    for b, snapshot in zip(broken, snapshot_set.snapshots, strict=True):
+        catalog.update_snapshot(snapshot.id, device=b.device)
+    catalog.transition(set_id, SetState.BROKEN)
+    return broken
+
+
+# -- complete (VSS: SetBackupSucceeded + BackupComplete + BackupShutdown) -----------------------------------------
+
+
+def complete(host: Host, set_id: uuid.UUID, *, succeeded: bool) -> SnapshotSet:
+    """Fire BackupComplete on the set's writers, once, only for a successful backup; then end the session.
+
+    The outcome is committed to the catalog before any writer hears of it, so a crash cannot fire it twice.
+    For auto-release contexts the end of the session deletes the snapshots still held here.
+    """
+    catalog = host.catalog
+    snapshot_set = catalog.get_set(set_id)
+    if Attr.IMPORTED in snapshot_set.attrs:
+        raise BadState(f"set {set_id} was imported; BackupComplete is fired on the host that made it")
+    if snapshot_set.state in (SetState.PREPARING, SetState.SNAPSHOTTING, SetState.ABORTED):
+        raise BadState(f"set {set_id} is {snapshot_set.state.value}: BackupComplete only follows a created set")
+    session_record = catalog.claim_completion(set_id, succeeded=succeeded)  # raises BadState the second time
+    session = Session(
+        set_id=set_id,
+        context=snapshot_set.context,
+        attrs=snapshot_set.attrs,
+        backup_type=BackupType(session_record.backup_type or BackupType.FULL.value),
+        volumes=tuple(s.volume for s in snapshot_set.snapshots),
+    )
+    writers = [
+        GuardedWriter(writer_from_spec(spec, session.volumes, host.name)) for spec in session_record.writer_specs
+    ]
+    deadline = Deadline.after(COMPLETE_EVENT_TIMEOUT_S)
+    for writer in writers:
+        if succeeded:
+            outcome = dict.fromkeys(_components_of(host, set_id, writer), True)
+            _quietly(host, set_id, partial(writer.backup_complete, session, outcome, deadline))
+        _quietly(host, set_id, partial(writer.backup_shutdown, session, deadline))
+        record_writer(catalog, set_id, writer)
+    snapshot_set = catalog.get_set(set_id)
+    if snapshot_set.context.auto_release and snapshot_set.state in (SetState.CREATED, SetState.EXPOSED):
+        snapshot_set = delete(host, set_id)
+    return snapshot_set
+
+
+def _components_of(host: Host, set_id: uuid.UUID, writer: GuardedWriter) -> tuple[str, ...]:
+    session = host.catalog.get_session(set_id)
+    if not session.documents_dir:
+        return ()
+    bcd, _ = load_documents(Path(session.documents_dir))
+    for wc in bcd.writers:
+        if wc.writer_id == writer.writer_id:
+            return tuple(c.full_path for c in wc.components)
+    return ()
+
+
+def _quietly(host: Host, set_id: uuid.UUID, step: Callable[[], object]) -> None:
+    """Run a clean-up step; a failure is recorded, not raised, so the remaining steps still run."""
+    try:
+        step()
+    except Exception as exc:
+        host.catalog.record_event(set_id, "cleanup-step-failed", str(exc))

@@ -1,0 +1,1 @@
+"""Writers: the plugins that make applications consistent for a snapshot; `registry` lists them."""

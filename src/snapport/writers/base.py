@@ -1,0 +1,141 @@
+"""The Writer protocol: applications taking part in a backup (VSS: writer).
+
+Every event carries a `Deadline`. The coordinator wraps each call (`writers.guarded`) so a writer that overruns
+is marked failed and the set aborted; a writer must still keep its own waits inside the deadline.
+
+Contract: `identify` keeps no state (anyone may call it). `freeze` is the last chance to veto; heavy work belongs
+in `prepare_snapshot`. `thaw` and `abort` are idempotent and may arrive more than once, or without a freeze
+before them; after `abort` the application runs as if no backup had started. `backup_complete` comes at most once,
+only after the backup host reported success, and never for a failed set; on a `copy` backup a writer must not
+truncate or purge anything. `backup_shutdown` ends the session whatever happened.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from snapport.model import Attr, BackupType, Context, Volume, WriterMetadata
+from snapport.model import WriterState as ReportedState
+
+
+class WriterEvent(enum.Enum):
+    IDENTIFY = "identify"
+    PREPARE_BACKUP = "prepare-backup"
+    PREPARE_SNAPSHOT = "prepare-snapshot"
+    FREEZE = "freeze"
+    THAW = "thaw"
+    POST_SNAPSHOT = "post-snapshot"
+    ABORT = "abort"
+    BACKUP_COMPLETE = "backup-complete"
+    BACKUP_SHUTDOWN = "backup-shutdown"
+    PRE_RESTORE = "pre-restore"
+    POST_RESTORE = "post-restore"
+
+
+class WriterState(enum.Enum):
+    """VSS_WRITER_STATE, folded to what `snapport writers` shows."""
+
+    STABLE = "stable"
+    WAITING_FOR_FREEZE = "waiting-for-freeze"
+    FROZEN = "frozen"  # waiting for thaw
+    WAITING_FOR_BACKUP_COMPLETE = "waiting-for-backup-complete"
+    FAILED = "failed"
+
+
+class Tier(enum.IntEnum):
+    """Freeze order: applications first, then filesystems; thaw in reverse."""
+
+    APPLICATION = 0
+    FILESYSTEM = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """An absolute point on the monotonic clock by which a call must return."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a writer is told about the backup it takes part in."""
+
+    set_id: uuid.UUID
+    context: Context
+    attrs: Attr
+    backup_type: BackupType
+    volumes: tuple[Volume, ...]
+    freeze_window_s: float = 60.0  # the hard bound: whatever holds a freeze must let go by then
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatus:
+    writer_id: uuid.UUID
+    name: str
+    instance_name: str
+    state: WriterState
+    last_error: str | None = None
+    failed_at: WriterEvent | None = None
+    last_freeze_ms: float | None = None
+
+    @property
+    def reported_state(self) -> ReportedState:
+        """The state as `snapport writers` and the catalog spell it (VSS's `failed-at-<event>` included)."""
+        if self.state is WriterState.FAILED:
+            event = self.failed_at.value if self.failed_at is not None else "identify"
+            return ReportedState(f"failed-at-{event}")
+        return ReportedState(self.state.value)
+
+
+@runtime_checkable
+class Writer(Protocol):
+    # `kind` and `tier` are class constants in every implementation; the protocol reads them as properties so
+    # that a wrapper (`writers.guarded.GuardedWriter`) can delegate them to the writer it wraps.
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def tier(self) -> Tier: ...
+
+    writer_id: uuid.UUID
+    instance_name: str
+
+    def identify(self, deadline: Deadline) -> WriterMetadata: ...
+
+    def prepare_backup(self, session: Session, components: tuple[str, ...], deadline: Deadline) -> None: ...
+
+    def prepare_snapshot(self, session: Session, deadline: Deadline) -> None: ...
+
+    def freeze(self, session: Session, deadline: Deadline) -> None: ...
+
+    def thaw(self, session: Session, deadline: Deadline) -> None: ...
+
+    def post_snapshot(self, session: Session, deadline: Deadline) -> Mapping[str, str]:
+        """Per-component private backup metadata to store in the BCD (component full path → text)."""
+        ...
+
+    def abort(self, session: Session, deadline: Deadline) -> None: ...
+
+    def backup_complete(self, session: Session, succeeded: Mapping[str, bool], deadline: Deadline) -> None: ...
+
+    def backup_shutdown(self, session: Session, deadline: Deadline) -> None: ...
+
+    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None: ...
+
+    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None: ...
