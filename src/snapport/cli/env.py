@@ -4,29 +4,43 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from snapport.catalog import Catalog, catalog_url
-from snapport.coordinator.host import Host, run_dir
 from snapport.errors import ObjectNotFound, UsageError
 from snapport.model import SnapshotSet
-from snapport.providers.registry import host_name
+
+if TYPE_CHECKING:
+    from snapport.catalog import Catalog
+    from snapport.coordinator.host import Host
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
 
 class Env:
-    """What every verb gets injected: the host's home and, opened on first use, its catalog."""
+    """What every verb gets injected: the host's home and, opened on first use, its catalog and coordinator host.
 
-    def __init__(self, home: Path, catalog_url_override: str | None) -> None:
-        self.home = home
+    The catalog and the plugins are imported only when a verb asks for them (a verb that reads one XML file
+    should start in a fraction of a second).
+    """
+
+    def __init__(self, home: Path | None, catalog_url_override: str | None) -> None:
+        self._home = home
         self._url = catalog_url_override
         self._catalog: Catalog | None = None
         self._host: Host | None = None
 
     @property
+    def home(self) -> Path:
+        from snapport.catalog import default_home  # noqa: PLC0415  (see the class docstring)
+
+        return self._home or default_home()
+
+    @property
     def catalog(self) -> Catalog:
+        from snapport.catalog import Catalog, catalog_url  # noqa: PLC0415
+
         if self._catalog is None:
             self._catalog = Catalog.open(self._url or catalog_url(self.home))
         return self._catalog
@@ -34,6 +48,9 @@ class Env:
     @property
     def host(self) -> Host:
         """This host as the coordinator sees it (name from `$SNAPPORT_HOST`, else the system's)."""
+        from snapport.coordinator.host import Host, run_dir  # noqa: PLC0415
+        from snapport.providers.registry import host_name  # noqa: PLC0415
+
         if self._host is None:
             self._host = Host(name=host_name(), home=self.home, catalog=self.catalog, run_dir=run_dir())
         return self._host
