@@ -7,6 +7,7 @@ when it fails half-way (a failed import unpresents what it presented: VSS leaves
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -278,8 +279,11 @@ def complete(host: Host, set_id: uuid.UUID, *, succeeded: bool) -> SnapshotSet:
     deadline = Deadline.after(COMPLETE_EVENT_TIMEOUT_S)
     for writer in writers:
         if succeeded:
-            outcome = dict.fromkeys(_components_of(host, set_id, writer), True)
-            _quietly(host, set_id, partial(writer.backup_complete, session, outcome, deadline))
+            components = _components_of(host, set_id, writer)
+            outcome = dict.fromkeys(components, True)
+            metadata = {path: text for path, text in components.items() if text is not None}
+            writer_session = dataclasses.replace(session, backup_metadata=metadata)
+            _quietly(host, set_id, partial(writer.backup_complete, writer_session, outcome, deadline))
         _quietly(host, set_id, partial(writer.backup_shutdown, session, deadline))
         record_writer(catalog, set_id, writer)
     snapshot_set = catalog.get_set(set_id)
@@ -288,15 +292,16 @@ def complete(host: Host, set_id: uuid.UUID, *, succeeded: bool) -> SnapshotSet:
     return snapshot_set
 
 
-def _components_of(host: Host, set_id: uuid.UUID, writer: GuardedWriter) -> tuple[str, ...]:
+def _components_of(host: Host, set_id: uuid.UUID, writer: GuardedWriter) -> dict[str, str | None]:
+    """The writer's components in the set's BCD, each with its private backup metadata (None if it has none)."""
     session = host.catalog.get_session(set_id)
     if not session.documents_dir:
-        return ()
+        return {}
     bcd, _ = load_documents(Path(session.documents_dir))
     for wc in bcd.writers:
         if wc.writer_id == writer.writer_id:
-            return tuple(c.full_path for c in wc.components)
-    return ()
+            return {c.full_path: c.backup_metadata for c in wc.components}
+    return {}
 
 
 def _quietly(host: Host, set_id: uuid.UUID, step: Callable[[], object]) -> None:

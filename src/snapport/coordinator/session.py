@@ -11,17 +11,19 @@ before it is acted on.
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
+from snapport.coordinator.discovery import registered_writers_for, remote_spec
 from snapport.coordinator.host import Host
 from snapport.coordinator.recording import record_writer
 from snapport.documents import save_documents
@@ -58,9 +60,17 @@ from snapport.providers.registry import provider_for
 from snapport.writers.base import Deadline, Session, Tier, Writer
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.registry import filesystem_writers
+from snapport.writers.remote import RemoteWriter
 
 T = TypeVar("T")
 ABORT_COMMIT_WAIT_S = 120.0
+
+
+class OnWriterFailure(enum.Enum):
+    """What the requester wants when an application writer fails before the freeze."""
+
+    ABORT = "abort"  # the set fails (the default, as VSS)
+    EXCLUDE = "exclude"  # the writer is aborted and left out; the BCD says so (`WriterComponents.excluded`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,8 @@ class SessionOptions:
     provider: str | None = None
     description: str = ""
     writer_specs: tuple[str, ...] = ()  # how the writers were asked for, so a later process can rebuild them
+    on_writer_failure: OnWriterFailure = OnWriterFailure.ABORT
+    discover_writers: bool = True  # include the out-of-process writers registered on this host
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,13 @@ class BackupSession:
             raise UnsupportedContext(f"context {options.context.value} takes no writers; drop --writer")
         self.set_id = uuid.uuid4()
         self._app_writers = [GuardedWriter(w) for w in writers]
+        # (writer id, spec) of each writer `complete` must reach again; the ids are known when the specs match the
+        # writers one to one, as the CLI passes them.
+        ids: list[uuid.UUID | None] = [w.writer_id for w in writers]
+        if len(ids) != len(options.writer_specs):
+            ids = [None] * len(options.writer_specs)
+        self._specs = list(zip(ids, options.writer_specs, strict=True))
+        self._excluded: list[WriterComponents] = []
         self._volumes: list[tuple[uuid.UUID, Volume, Provider]] = []
         self._commits: list[threading.Thread] = []  # provider commits, awaited before any abort
 
@@ -107,7 +126,9 @@ class BackupSession:
         volume = self.host.volume(path)
         if any(v.mount_point == volume.mount_point for _, v, _ in self._volumes):
             raise UsageError(f"volume {volume.mount_point} is named twice")
-        provider = provider_for(volume, self.host.provider_host, self.attrs, self.options.provider)
+        chosen = provider_for(volume, self.host.provider_host, self.attrs, self.options.provider)
+        # One instance per provider, so that it commits the whole set at once.
+        provider = next((p for _, _, p in self._volumes if p.name == chosen.name), chosen)
         provider.check_request(volume, self.attrs)
         if Attr.TRANSPORTABLE in self.attrs and not provider.capabilities.transportable:
             raise UnsupportedContext(f"provider {provider.name} cannot make transportable snapshots")
@@ -142,11 +163,33 @@ class BackupSession:
         with self.host.lock("create", timeout_s=0.5, what="snapshot set creation on this host"):
             roll_back_interrupted(self.host)
             self._record_preparing()
+            discovered: list[RemoteWriter] = []
             try:
+                discovered = self._discover()
+                writers[:0] = [GuardedWriter(w) for w in discovered]
                 return self._run(session, writers, out_dir or self.host.documents_dir(self.set_id))
             except BaseException as exc:
                 self._abort(session, writers, exc)
                 raise
+            finally:
+                for remote in discovered:  # after post-snapshot or abort: the writer process expects the hang-up
+                    remote.close()
+
+    def _discover(self) -> list[RemoteWriter]:
+        """The registered out-of-process writers with files on the set's volumes (writer contexts only)."""
+        if not (self.options.discover_writers and self.options.context.writers_involved):
+            return []
+        found = registered_writers_for(
+            self.host,
+            self.set_id,
+            self.volumes,
+            skip={w.writer_id for w in self._app_writers},
+            timeout_s=self.options.event_timeout_s,
+        )
+        if found:
+            self._specs += [(w.writer_id, remote_spec(w)) for w in found]
+            self.host.catalog.record_session(self.set_id, writer_specs=[spec for _, spec in self._specs])
+        return found
 
     def _requests(self) -> dict[Provider, list[SnapshotRequest]]:
         groups: dict[Provider, list[SnapshotRequest]] = {}
@@ -178,17 +221,24 @@ class BackupSession:
         )
 
     def _each(
-        self, writers: Sequence[GuardedWriter], act: Callable[[GuardedWriter], T], *, parallel: bool = False
+        self,
+        writers: Sequence[GuardedWriter],
+        act: Callable[[GuardedWriter], T],
+        *,
+        parallel: bool = False,
+        record: bool = True,
     ) -> dict[uuid.UUID, T]:
         """Send one event to every writer (in parallel threads if asked), recording each writer's events and
-        status; raise the first failure once all have answered."""
+        status unless told not to (inside the freeze window, where a durable commit would lengthen it: the
+        writers keep their records until taken); raise the first failure once all have answered."""
         results: dict[uuid.UUID, T] = {}
 
         def call(w: GuardedWriter) -> None:
             try:
                 results[w.writer_id] = act(w)
             finally:
-                record_writer(self.host.catalog, self.set_id, w)
+                if record:
+                    record_writer(self.host.catalog, self.set_id, w)
 
         if parallel:
             _all_or_first_error(writers, call)
@@ -203,12 +253,13 @@ class BackupSession:
         def deadline() -> Deadline:
             return Deadline.after(options.event_timeout_s)
 
-        wmds = self._each(writers, lambda w: w.identify(deadline()))
+        wmds = self._before_freeze(session, writers, lambda w: w.identify(deadline()))
         selected = {
             writer_id: tuple(c.full_path for c in wmd.components if c.selectable) for writer_id, wmd in wmds.items()
         }
-        self._each(writers, lambda w: w.prepare_backup(session, selected[w.writer_id], deadline()))
-        self._each(writers, lambda w: w.prepare_snapshot(session, deadline()), parallel=True)
+        self._before_freeze(session, writers, lambda w: w.prepare_backup(session, selected[w.writer_id], deadline()))
+        self._before_freeze(session, writers, lambda w: w.prepare_snapshot(session, deadline()), parallel=True)
+        wmds = {w.writer_id: wmds[w.writer_id] for w in writers}  # without the writers left out
         groups = self._requests()
         for provider, requests in groups.items():
             provider.prepare(requests)
@@ -250,7 +301,8 @@ class BackupSession:
                     ),
                 )
                 for writer_id, wmd in wmds.items()
-            ),
+            )
+            + tuple(self._excluded),
             originating_host=self.host.name,
         )
         inject("document.save")
@@ -258,6 +310,49 @@ class BackupSession:
         catalog.record_session(self.set_id, documents_dir=str(out_dir))
         snapshot_set = catalog.transition(self.set_id, SetState.CREATED)
         return CreatedSet(snapshot_set, bcd, tuple(wmds.values()), out_dir)
+
+    def _before_freeze(
+        self,
+        session: Session,
+        writers: list[GuardedWriter],
+        act: Callable[[GuardedWriter], T],
+        *,
+        parallel: bool = False,
+    ) -> dict[uuid.UUID, T]:
+        """`_each` for an event before the freeze. With `OnWriterFailure.EXCLUDE`, an application writer that
+        fails is aborted and removed from `writers` instead of failing the set."""
+        if self.options.on_writer_failure is OnWriterFailure.ABORT:
+            return self._each(writers, act, parallel=parallel)
+        failed: dict[uuid.UUID, SnapportError] = {}
+
+        def tolerant(w: GuardedWriter) -> T | None:
+            try:
+                return act(w)
+            except SnapportError as exc:
+                if w.tier is not Tier.APPLICATION:
+                    raise
+                failed[w.writer_id] = exc
+                return None
+
+        results = self._each(writers, tolerant, parallel=parallel)
+        for w in [w for w in writers if w.writer_id in failed]:
+            self._exclude(session, writers, w, failed[w.writer_id])
+        return {writer_id: cast(T, r) for writer_id, r in results.items() if writer_id not in failed}
+
+    def _exclude(self, session: Session, writers: list[GuardedWriter], w: GuardedWriter, error: SnapportError) -> None:
+        """Leave a failed writer out of the set: abort it, say so in the event log and the BCD, and drop its spec
+        so that `complete` never sends it BackupComplete."""
+        writers.remove(w)
+        with contextlib.suppress(SnapportError):
+            w.abort(session, Deadline.after(self.options.event_timeout_s))
+        record_writer(self.host.catalog, self.set_id, w)
+        reason = error.message[:1000]
+        self.host.catalog.record_event(self.set_id, "writer-excluded", f"{w.name} is left out of the set: {reason}")
+        self._excluded.append(
+            WriterComponents(w.writer_id, w.class_id or uuid.UUID(int=0), w.instance_name, (), reason)
+        )
+        self._specs = [(writer_id, spec) for writer_id, spec in self._specs if writer_id != w.writer_id]
+        self.host.catalog.record_session(self.set_id, writer_specs=[spec for _, spec in self._specs])
 
     def _freeze_commit_thaw(
         self, session: Session, writers: list[GuardedWriter], groups: dict[Provider, list[SnapshotRequest]]
@@ -273,7 +368,7 @@ class BackupSession:
         try:
             for tier_writers in tiers:
                 frozen.append(tier_writers)  # a partly frozen tier is thawed too: thaw is idempotent
-                self._each(tier_writers, lambda w: w.freeze(session, freeze_by), parallel=True)
+                self._each(tier_writers, lambda w: w.freeze(session, freeze_by), parallel=True, record=False)
             inject("provider.commit")  # filesystems frozen, snapshots not yet taken
             commit_started = time.monotonic()
             for provider, requests in groups.items():
@@ -287,10 +382,12 @@ class BackupSession:
             thaw_by = Deadline.after(options.event_timeout_s)
             for tier_writers in reversed(frozen):
                 try:
-                    self._each(tier_writers, lambda w: w.thaw(session, thaw_by), parallel=True)
+                    self._each(tier_writers, lambda w: w.thaw(session, thaw_by), parallel=True, record=False)
                 except SnapportError as exc:
                     thaw_errors.append(exc)
             freeze_window_ms = (time.monotonic() - freeze_started) * 1000
+            for w in writers:
+                record_writer(self.host.catalog, self.set_id, w)
             self.host.catalog.record_timings(
                 self.set_id, freeze_window_ms=freeze_window_ms, commit_ms=commit_ms or None
             )
@@ -304,7 +401,7 @@ class BackupSession:
 
     def _abort(self, session: Session, writers: Sequence[GuardedWriter], cause: BaseException) -> None:
         """Roll back: abort and thaw every writer, delete every snapshot made, record why. Never raises."""
-        reason = cause.message if isinstance(cause, SnapportError) else f"{type(cause).__name__}: {cause}"
+        reason = describe_failure(cause)
         for thread in self._commits:
             thread.join(ABORT_COMMIT_WAIT_S)  # a late commit must finish before its snapshots can be removed
         deadline = Deadline.after(self.options.event_timeout_s)
@@ -315,15 +412,17 @@ class BackupSession:
             )
             for tier in (Tier.FILESYSTEM, Tier.APPLICATION)
         ]
-        steps += [partial(provider.abort, requests) for provider, requests in self._requests().items()]
         steps.append(partial(self._each, writers, lambda w: w.backup_shutdown(session, deadline), parallel=True))
         for step in steps:
             try:
                 step()
             except Exception as exc:  # every step runs whatever the others did
                 self.host.catalog.record_event(self.set_id, "abort-step-failed", str(exc))
-        with contextlib.suppress(BadState):  # already final: the event log has the reason
-            self.host.catalog.transition(self.set_id, SetState.ABORTED, reason=reason)
+        if _abort_snapshots(self.host, self.set_id, self._requests()):
+            with contextlib.suppress(BadState):  # already final: the event log has the reason
+                self.host.catalog.transition(self.set_id, SetState.ABORTED, reason=reason)
+        else:
+            self.host.catalog.record_event(self.set_id, "rollback-incomplete", f"{reason}; the next create retries")
 
 
 def _all_or_first_error(items: Sequence[T], call: Callable[[T], None]) -> None:
@@ -366,23 +465,42 @@ class _Bounded(Generic[T]):
         return self._result[0]
 
 
+def describe_failure(cause: BaseException) -> str:
+    """One line saying why a set failed."""
+    if isinstance(cause, SnapportError):
+        return cause.message
+    if isinstance(cause, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+def _abort_snapshots(host: Host, set_id: uuid.UUID, groups: Mapping[Provider, Sequence[SnapshotRequest]]) -> bool:
+    """Let every provider remove what it made for the set; False if one could not (the set is then left as it
+    is, so that the next creation retries rather than forgetting the orphans)."""
+    complete = True
+    for provider, requests in groups.items():
+        try:
+            provider.abort(requests)
+        except Exception as exc:
+            host.catalog.record_event(set_id, "abort-step-failed", f"provider {provider.name}: {exc}")
+            complete = False
+    return complete
+
+
 def roll_back_interrupted(host: Host) -> list[uuid.UUID]:
     """Abort the sets whose creating process died (they are preparing or snapshotting while nobody holds the
     creation lock, which the caller must hold): the providers remove what they made, from the catalog's record
-    alone. The freeze guard has already thawed their filesystems."""
+    alone. The freeze guard has already thawed their filesystems. A set whose clean-up fails stays as it is and
+    is retried next time."""
     rolled_back = []
     for snapshot_set in host.catalog.list_sets({SetState.PREPARING, SetState.SNAPSHOTTING}):
-        groups: dict[str, list[SnapshotRequest]] = {}
+        groups: dict[Provider, list[SnapshotRequest]] = {}
         for snap in snapshot_set.snapshots:
             request = SnapshotRequest(snapshot_set.id, snap.id, snap.volume, snapshot_set.attrs)
-            groups.setdefault(snap.locator.provider, []).append(request)
-        for name, requests in groups.items():
-            try:
-                host.provider(name).abort(requests)
-            except Exception as exc:
-                host.catalog.record_event(snapshot_set.id, "abort-step-failed", str(exc))
-        host.catalog.transition(
-            snapshot_set.id, SetState.ABORTED, reason="interrupted: the creating process died; rolled back"
-        )
-        rolled_back.append(snapshot_set.id)
+            groups.setdefault(host.provider(snap.locator.provider), []).append(request)
+        if _abort_snapshots(host, snapshot_set.id, groups):
+            host.catalog.transition(
+                snapshot_set.id, SetState.ABORTED, reason="interrupted: the creating process died; rolled back"
+            )
+            rolled_back.append(snapshot_set.id)
     return rolled_back
