@@ -21,7 +21,12 @@ The tree (a leaf module: it imports nothing of ours, so every layer, the model i
     │   └── ClusterRule                 CLUSTER_RULE          16
     ├── PathEscape                      PATH_ESCAPE           17
     ├── LeaseExpired                    LEASE_EXPIRED         18
-    └── SystemCommandError              SYSTEM_ERROR          19
+    ├── SystemCommandError              SYSTEM_ERROR          19
+    ├── AccessDenied                    ACCESS_DENIED         20
+    ├── CertificateError                CERTIFICATE_ERROR     21
+    ├── AgentUnreachable                AGENT_UNREACHABLE     22
+    ├── JobInterrupted                  JOB_INTERRUPTED       23
+    └── ConfigError                     CONFIG_ERROR          24
 
 `docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module.
 """
@@ -173,6 +178,44 @@ class SystemCommandError(SnapportError):
     code = "SYSTEM_ERROR"
     exit_code = 19
     advice = "the operating system refused; check the message, free the resource it names, then retry"
+
+
+class AccessDenied(SnapportError):
+    """An agent refused an authenticated peer: its role may not call the route, or the object is not its own."""
+
+    code = "ACCESS_DENIED"
+    exit_code = 20
+    advice = "call from the host the object belongs to, with a certificate of the role the route needs (docs/agent.md)"
+
+
+class CertificateError(SnapportError):
+    """A certificate or key is missing, unreadable, expired, or does not carry a snapport host identity."""
+
+    code = "CERTIFICATE_ERROR"
+    exit_code = 21
+    advice = "check the files with `snapport certs show FILE`; issue a new one with `snapport certs issue`"
+
+
+class AgentUnreachable(SnapportError):
+    """No answer from an agent: connection refused or timed out, or the TLS handshake failed."""
+
+    code = "AGENT_UNREACHABLE"
+    exit_code = 22
+    advice = "check the address, that `snapport agent serve` runs there, and that both hosts trust the same site CA"
+
+
+class JobInterrupted(SnapportError):
+    """The agent stopped (or died) while a job was queued or running."""
+
+    code = "JOB_INTERRUPTED"
+    exit_code = 23
+    advice = "the agent stopped before the job finished; check the agent is running, then submit the job again"
+
+
+class ConfigError(SnapportError):
+    code = "CONFIG_ERROR"
+    exit_code = 24
+    advice = "fix the configuration file named in the message (docs/agent.md describes every key)"
 
 
 def all_error_classes() -> list[type[SnapportError]]:

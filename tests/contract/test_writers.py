@@ -7,6 +7,7 @@ writer's freeze must hold back) and a `contention` (someone else holding what th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -27,6 +28,7 @@ from snapport.osal import mount as mnt
 from snapport.writers.base import Deadline, Session, Writer, WriterEvent, WriterState
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.registry import WRITERS, writer_from_spec
+from tests.integration.databases.servers import DATABASE_KINDS, database_case, database_filesystem
 
 if TYPE_CHECKING:  # a type only (tests/contract is no package, so the import sorter would misplace it)
     from tests.conftest import Scratch
@@ -45,6 +47,7 @@ class Case:
     volume: Volume
     probe: Callable[[], subprocess.Popen[bytes]]
     contention: Callable[[], contextlib.AbstractContextManager[None]]
+    freeze_holds_writes: bool = True  # False: the writer leaves the I/O cut to the filesystem freeze (postgresql)
 
     def session(self, freeze_window_s: float = 30.0) -> Session:
         return Session(uuid.uuid4(), Context.BACKUP, Attr.NONE, BackupType.FULL, (self.volume,), freeze_window_s)
@@ -85,10 +88,16 @@ def _write_transaction_held(db: Path) -> Iterator[None]:
 @pytest.fixture(params=sorted(WRITERS))
 def case(request: pytest.FixtureRequest, scratch: Scratch) -> Iterator[Case]:
     kind: str = request.param
-    fs = scratch.filesystem("ext4")
+    shared: Path | None = None
+    if kind in DATABASE_KINDS:  # their servers run as other users, who cannot enter pytest's private tmp_path
+        shared, fs = database_filesystem(scratch)
+    else:
+        fs = scratch.filesystem("ext4")
     fs_type, fs_uuid = mnt.fs_identity(scratch.runner, fs.device)
     volume = Volume(host=HOST, mount_point=str(fs.mount_point), fs_type=fs_type, fs_uuid=fs_uuid, device=fs.device)
     started: list[subprocess.Popen[bytes]] = []
+    holds_writes = True
+    stop_server: Callable[[], None] | None = None
 
     def spawn(code: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-c", code])
@@ -120,19 +129,91 @@ def case(request: pytest.FixtureRequest, scratch: Scratch) -> Iterator[Case]:
         def contention() -> contextlib.AbstractContextManager[None]:
             return _write_transaction_held(db)
 
+    elif kind == "hook":
+        # A cooperative application: it pauses its writes while a flag file exists, and refuses to pause while
+        # it is busy. The hook sets and clears the flag.
+        app = fs.mount_point / "app"
+        app.mkdir()
+        flag, busy = scratch.root / "paused", scratch.root / "busy"
+        hook = scratch.root / "hook.sh"
+        hook.write_text(
+            "#!/bin/sh\n"
+            f'case "$1" in\n'
+            f"  freeze) if [ -e {busy} ]; then echo 'application busy' >&2; exit 1; fi; touch {flag} ;;\n"
+            f"  thaw|abort|backup-shutdown) rm -f {flag} ;;\n"
+            "esac\n"
+        )
+        hook.chmod(0o700)
+        spec = f"hook:{hook},paths={app}"
+        probe_code = (
+            f"import os, time\nwhile os.path.exists({str(flag)!r}): time.sleep(0.01)\n"
+            f"f = os.open({str(app / 'probe')!r}, os.O_WRONLY | os.O_CREAT); os.write(f, b'x'); os.fsync(f)"
+        )
+
+        @contextlib.contextmanager
+        def contention() -> Iterator[None]:
+            busy.touch()
+            try:
+                yield
+            finally:
+                busy.unlink()
+
+    elif kind == "remote":  # `snapport writer run sqlite`, reached over its socket: the same contract holds
+        db = fs.mount_point / "data" / "app.db"
+        db.parent.mkdir()
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        config = scratch.root / "writer.toml"
+        config.write_text(f'target = "{db}"\n')
+        env = {**os.environ, "SNAPPORT_HOME": str(scratch.root / "home"), "SNAPPORT_HOST": HOST}
+        command = [sys.executable, "-m", "snapport", "writer", "run", "sqlite", "--config", str(config), "--json"]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        assert ready, "snapport writer run did not start"
+        spec = f"remote:{json.loads(ready)['socket']}"
+        kind = "sqlite"  # what the writer behind the socket is
+        probe_code = (
+            f"import sqlite3; c = sqlite3.connect({str(db)!r}, timeout=30, isolation_level=None)\n"
+            "c.execute(\"INSERT INTO t (v) VALUES ('probe')\"); c.close()"
+        )
+
+        def contention() -> contextlib.AbstractContextManager[None]:
+            return _write_transaction_held(db)
+
+        def stop_server() -> None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+
+    elif kind in DATABASE_KINDS:
+        assert shared is not None
+        database = database_case(kind, fs.mount_point, shared)
+        spec, probe_code, contention = database.spec, database.probe_code, database.contention
+        holds_writes, stop_server = database.freeze_holds_writes, database.stop
+
     else:
         pytest.fail(f"the writer suite does not know how to set up a {kind!r} writer; add it to the fixture")
 
-    writer = writer_from_spec(spec, [volume], HOST)
-    c = Case(kind, spec, writer, volume, lambda: spawn(probe_code), contention)
     try:
-        yield c
+        writer = writer_from_spec(spec, [volume], HOST)
+        c = Case(kind, spec, writer, volume, lambda: spawn(probe_code), contention, holds_writes)
+        try:
+            yield c
+        finally:
+            writer.abort(c.session(), Deadline.after(EVENT_S))  # whatever a failed test left held
+            for proc in started:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
     finally:
-        writer.abort(c.session(), Deadline.after(EVENT_S))  # whatever a failed test left held
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        if stop_server is not None:
+            stop_server()
 
 
 def _tree(root: Path) -> list[tuple[str, int, int]]:
@@ -231,7 +312,8 @@ def test_abort_after_freeze_leaves_everything_writable(case: Case) -> None:
     case.writer.prepare_snapshot(session, Deadline.after(EVENT_S))
     case.writer.freeze(session, Deadline.after(EVENT_S))
     probe = case.probe()
-    assert _blocked(probe, 0.5), "the freeze did not hold back a write"
+    if case.freeze_holds_writes:
+        assert _blocked(probe, 0.5), "the freeze did not hold back a write"
     case.writer.abort(session, Deadline.after(EVENT_S))
     assert _completes(probe)
     case.writer.abort(session, Deadline.after(EVENT_S))

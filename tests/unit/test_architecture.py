@@ -22,6 +22,8 @@ ALLOWED = {
     "writers": {"model", "osal"},
     "engines": {"model", "osal", "documents"},
     "coordinator": {"model", "documents", "catalog", "providers", "writers", "osal", "engines"},
+    "agent": {"model", "documents", "catalog", "coordinator", "providers", "writers", "osal", "engines"},
+    "lab": {"model", "osal", "providers"},
 }
 
 

@@ -144,3 +144,59 @@ class SessionRecord:
     @property
     def completed(self) -> bool:
         return self.completed_at is not None
+
+
+class JobState(enum.StrEnum):
+    """Where an agent's job is in its life: queued → running → succeeded | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+# The moves a job may make; a queued job fails without running when its agent stops.
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """How far a running job is: its phase and, where the job can tell, a fraction and counts."""
+
+    phase: str | None = None
+    fraction: float | None = None
+    bytes_done: int | None = None
+    files_done: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One long operation of a host's agent. `params_json` and `result_json` are JSON texts owned by the job's
+    kind; `error_code` is a stable error name (`snapport.errors`) when the job failed."""
+
+    id: uuid.UUID
+    kind: str
+    state: JobState
+    params_json: str
+    created_at: datetime
+    updated_at: datetime
+    requested_by: str | None = None
+    set_id: uuid.UUID | None = None
+    progress: JobProgress = JobProgress()
+    cancel_requested: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_json: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -191,3 +192,28 @@ sessions = Table(
 )
 
 Index("ix_leases_keeper_open", leases.c.keeper_host, leases.c.released_at)
+
+# An agent's long operations (revision 0002). `set_id` has no foreign key: a job may concern a set this catalog does
+# not hold (the proxy's job for a set kept on systemOne).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("params", Text, nullable=False),  # JSON, owned by the job's kind
+    Column("requested_by", String(HOST), nullable=True),
+    Column("set_id", String(ID), nullable=True, index=True),
+    Column("phase", String(64), nullable=True),
+    Column("fraction", Float, nullable=True),
+    Column("bytes_done", BigInteger, nullable=True),
+    Column("files_done", BigInteger, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("result", Text, nullable=True),  # JSON
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+)

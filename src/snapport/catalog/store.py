@@ -23,10 +23,14 @@ from snapport.catalog import schema as t
 from snapport.catalog.clock import boot_id, boot_seconds, require_aware, utc_now
 from snapport.catalog.engine import WRITE, describe, make_engine, migrate, parse_url, sqlite_path
 from snapport.catalog.records import (
+    JOB_TRANSITIONS,
     CatalogEvent,
     EventKind,
     Exposure,
     ImportRecord,
+    JobProgress,
+    JobRecord,
+    JobState,
     Lease,
     SessionRecord,
     WriterEvent,
@@ -700,6 +704,116 @@ class Catalog:
             self._event(conn, EventKind.COMPLETION_REFUSED, f"{refused.message}; now {outcome}", set_id)
         raise refused
 
+    # -- jobs ---------------------------------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        job_id: uuid.UUID,
+        kind: str,
+        *,
+        params_json: str = "{}",
+        requested_by: str | None = None,
+        set_id: uuid.UUID | None = None,
+    ) -> JobRecord:
+        """Record a new job, queued; `CatalogError` if the id is taken."""
+        now = utc_now()
+        with self._write() as conn:
+            if conn.scalar(select(t.jobs.c.id).where(t.jobs.c.id == str(job_id))):
+                raise CatalogError(f"job {job_id} is already in the catalog")
+            conn.execute(
+                insert(t.jobs).values(
+                    id=str(job_id),
+                    kind=kind,
+                    state=JobState.QUEUED.value,
+                    params=params_json,
+                    requested_by=requested_by,
+                    set_id=None if set_id is None else str(set_id),
+                    cancel_requested=False,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return self._load_job(conn, job_id)
+
+    def update_job(
+        self,
+        job_id: uuid.UUID,
+        *,
+        state: JobState | Keep = KEEP,
+        progress: JobProgress | Keep = KEEP,
+        cancel_requested: bool | Keep = KEEP,
+        result_json: str | Keep | None = KEEP,
+        error: tuple[str, str] | Keep | None = KEEP,
+    ) -> JobRecord:
+        """Change a job: move it to `state` (if `JOB_TRANSITIONS` allows it; `BadState` if not), record its progress
+        (only while it runs), a cancel request, its result or its error (`(code, message)`); KEEP keeps.
+
+        Moving to running stamps `started_at`, to a final state `finished_at`. The move is a conditional update on
+        the state read, so of two processes moving one job only one succeeds.
+        """
+        values: dict[str, Any] = {}
+        if not isinstance(progress, Keep):
+            values.update(
+                phase=progress.phase,
+                fraction=progress.fraction,
+                bytes_done=progress.bytes_done,
+                files_done=progress.files_done,
+            )
+        if not isinstance(cancel_requested, Keep):
+            values["cancel_requested"] = cancel_requested
+        if not isinstance(result_json, Keep):
+            values["result"] = result_json
+        if not isinstance(error, Keep):
+            values["error_code"], values["error_message"] = (None, None) if error is None else error
+        for _attempt in range(_RACE_RETRIES):
+            with self._write() as conn:
+                current = self._load_job(conn, job_id).state
+                changes = dict(values, updated_at=utc_now())
+                if not isinstance(state, Keep):
+                    if state not in JOB_TRANSITIONS[current]:
+                        raise BadState(f"job {job_id} is {current.value}; it cannot become {state.value}")
+                    changes["state"] = state.value
+                    if state is JobState.RUNNING:
+                        changes["started_at"] = changes["updated_at"]
+                    if state.finished:
+                        changes["finished_at"] = changes["updated_at"]
+                elif not isinstance(progress, Keep) and current is not JobState.RUNNING:
+                    raise BadState(f"job {job_id} is {current.value}; only a running job reports progress")
+                moved = conn.execute(
+                    update(t.jobs).where(t.jobs.c.id == str(job_id), t.jobs.c.state == current.value).values(changes)
+                )
+                if moved.rowcount == 1:
+                    return self._load_job(conn, job_id)
+            # Lost a race (PostgreSQL, READ COMMITTED): the state changed between read and update. Read it again.
+        raise CatalogError(f"job {job_id} kept changing while updating it; retry")
+
+    def get_job(self, job_id: uuid.UUID) -> JobRecord:
+        """The job; `ObjectNotFound` if the catalog has no such job."""
+        with self._read() as conn:
+            return self._load_job(conn, job_id)
+
+    def list_jobs(
+        self,
+        states: Collection[JobState] | None = None,
+        *,
+        kind: str | None = None,
+        set_id: uuid.UUID | None = None,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        """Jobs in the order they were created (the newest `limit` of them, if given), optionally filtered."""
+        query = select(t.jobs)
+        if states is not None:
+            query = query.where(t.jobs.c.state.in_([JobState(s).value for s in states]))
+        if kind is not None:
+            query = query.where(t.jobs.c.kind == kind)
+        if set_id is not None:
+            query = query.where(t.jobs.c.set_id == str(set_id))
+        query = query.order_by(t.jobs.c.created_at.desc(), t.jobs.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_job(row) for row in reversed(conn.execute(query).mappings().all())]
+
     # -- events -------------------------------------------------------------------------------------------------
 
     def record_event(self, set_id: uuid.UUID | None, kind: EventKind | str, message: str) -> CatalogEvent:
@@ -798,6 +912,12 @@ class Catalog:
         if row is None:
             raise ObjectNotFound(f"no session recorded for set {set_id}")
         return _session(row)
+
+    def _load_job(self, conn: Connection, job_id: uuid.UUID) -> JobRecord:
+        row = conn.execute(select(t.jobs).where(t.jobs.c.id == str(job_id))).mappings().first()
+        if row is None:
+            raise ObjectNotFound(f"no job {job_id} in the catalog")
+        return _job(row)
 
     def _load_lease(self, conn: Connection, lease_id: uuid.UUID) -> Lease:
         row = conn.execute(select(t.leases).where(t.leases.c.id == str(lease_id))).mappings().first()
@@ -1037,4 +1157,26 @@ def _catalog_event(row: RowMapping) -> CatalogEvent:
         kind=row["kind"],
         message=row["message"],
         set_id=None if set_id is None else uuid.UUID(set_id),
+    )
+
+
+def _job(row: RowMapping) -> JobRecord:
+    return JobRecord(
+        id=uuid.UUID(row["id"]),
+        kind=row["kind"],
+        state=JobState(row["state"]),
+        params_json=row["params"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        requested_by=row["requested_by"],
+        set_id=None if row["set_id"] is None else uuid.UUID(row["set_id"]),
+        progress=JobProgress(
+            phase=row["phase"], fraction=row["fraction"], bytes_done=row["bytes_done"], files_done=row["files_done"]
+        ),
+        cancel_requested=bool(row["cancel_requested"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        result_json=row["result"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
     )

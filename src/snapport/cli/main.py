@@ -30,8 +30,17 @@ VERBS = {
     "complete": "snapport.cli.shadow:complete",
     "list": "snapport.cli.sets:list_sets",
     "show": "snapport.cli.sets:show",
-    "writers": "snapport.cli.sets:writers",
+    "writers": "snapport.cli.writer:writers",
+    "writer": "snapport.cli.writer:writer",
     "docs": "snapport.cli.docs:docs",
+    "verify": "snapport.cli.verify:verify",
+    "backups": "snapport.cli.verify:backups",
+    "agent": "snapport.cli.agent:agent",
+    "certs": "snapport.cli.certs:certs",
+    "jobs": "snapport.cli.agent:jobs",
+    "lab": "snapport.cli.lab:lab",
+    "offhost-backup": "snapport.cli.offhost:offhost_backup",
+    "demo": "snapport.cli.demo:demo",
 }
 
 

@@ -1,4 +1,4 @@
-"""Reading what a host knows: `list`, `show`, `writers`."""
+"""Reading what a host knows: `list`, `show`."""
 
 from __future__ import annotations
 
@@ -79,19 +79,3 @@ def show(env: Env, set_id: str, as_json: bool) -> None:
             ["WRITER", "EVENT", "DURATION", "OK", "ERROR"],
             [(e.writer_id, e.event, _ms(e.duration_ms), "yes" if e.ok else "no", e.error) for e in events],
         )
-
-
-@click.command("writers")
-@json_option
-@pass_env
-def writers(env: Env, as_json: bool) -> None:
-    """List the writers this host has seen, with their state (like `vssadmin list writers`)."""
-    statuses = env.catalog.list_writers()
-    if as_json:
-        emit_json({"writers": statuses})
-        return
-    table(
-        None,
-        ["WRITER", "INSTANCE", "KIND", "STATE", "LAST ERROR", "LAST FREEZE"],
-        [(w.writer_id, w.instance_name, w.name, w.state, w.last_error, _ms(w.last_freeze_ms)) for w in statuses],
-    )

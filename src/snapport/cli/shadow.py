@@ -9,7 +9,7 @@ import click
 from snapport.cli.env import Env, find_set, json_option, pass_env
 from snapport.cli.output import emit_json, table
 from snapport.coordinator import lifecycle
-from snapport.coordinator.session import BackupSession, SessionOptions
+from snapport.coordinator.session import BackupSession, OnWriterFailure, SessionOptions
 from snapport.documents import validate_file
 from snapport.errors import UsageError
 from snapport.model import Attr, BackupComponents, BackupType, Context, SnapshotSet
@@ -49,6 +49,13 @@ def _snapshots_json(snapshot_set: SnapshotSet) -> list[dict[str, object]]:
 @click.option("--freeze-timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--commit-timeout", type=click.FloatRange(0.01, 120), default=10.0, show_default=True, metavar="SECONDS")
 @click.option("--description", default="", help="A note kept with the set.")
+@click.option(
+    "--on-writer-failure",
+    type=click.Choice([m.value for m in OnWriterFailure]),
+    default=OnWriterFailure.ABORT.value,
+    show_default=True,
+    help="When an application writer fails before the freeze: fail the set, or leave the writer out.",
+)
 @json_option
 @pass_env
 def create(
@@ -63,6 +70,7 @@ def create(
     freeze_timeout: float,
     commit_timeout: float,
     description: str,
+    on_writer_failure: str,
     as_json: bool,
 ) -> None:
     """Create a snapshot set of VOLUME... (mount points), consistent across them and their writers."""
@@ -76,6 +84,7 @@ def create(
         provider=provider,
         description=description,
         writer_specs=writer_specs,
+        on_writer_failure=OnWriterFailure(on_writer_failure),
     )
     # The volumes are resolved first, so that a writer's target can be checked against them.
     resolved = tuple(host.volume(v) for v in volumes)
@@ -93,12 +102,20 @@ def create(
                 "freeze_window_ms": s.freeze_window_ms,
                 "commit_ms": s.commit_ms,
                 "documents": str(created.documents),
+                "excluded_writers": [
+                    {"writer_id": str(w.writer_id), "instance": w.instance_name, "reason": w.excluded}
+                    for w in created.bcd.writers
+                    if w.excluded is not None
+                ],
             }
         )
         return
     click.echo(f"created set {s.id} ({s.context.value}; {', '.join(s.attrs.names()) or 'no attributes'})")
     click.echo(f"freeze window {s.freeze_window_ms:.1f} ms, provider commit {s.commit_ms or 0:.1f} ms")
     click.echo(f"documents in {created.documents}")
+    for w in created.bcd.writers:
+        if w.excluded is not None:
+            click.echo(f"left out writer {w.writer_id} ({w.instance_name}): {w.excluded}")
 
 
 @click.command("import")

@@ -21,9 +21,18 @@ from pathlib import Path
 from snapport.coordinator.host import Host
 from snapport.coordinator.recording import record_writer
 from snapport.documents import bcd_to_xml, load_documents
-from snapport.errors import BadState, ImportRefused, ObjectNotFound, PathEscape, SnapportError, UsageError
+from snapport.errors import (
+    BadState,
+    ClusterRule,
+    ImportRefused,
+    ObjectNotFound,
+    PathEscape,
+    SnapportError,
+    UsageError,
+)
 from snapport.model import Attr, BackupComponents, BackupType, SetState, Snapshot, SnapshotSet
 from snapport.model.paths import relative_to_volume
+from snapport.osal import mount as mnt
 from snapport.writers.base import Deadline, Session
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.registry import writer_from_spec
@@ -40,10 +49,12 @@ def volume_dir_name(mount_point: str) -> str:
 # -- import (VSS: ImportSnapshots) -------------------------------------------------------------------------------
 
 
-def import_snapshot_set(host: Host, bcd: BackupComponents) -> SnapshotSet:
+def import_snapshot_set(host: Host, bcd: BackupComponents, *, cluster_check: bool = False) -> SnapshotSet:
     """Present the set's snapshots on this host, read-only, and record it `imported`.
 
     Serialised by a host-wide lock; importing a set that is already imported here returns it unchanged.
+    `cluster_check` (always on when a proxy's agent imports): refuse, before recording anything, a set whose
+    original volumes this host can see (`ClusterRule`).
     """
     description = bcd.snapshot_set
     catalog = host.catalog
@@ -58,6 +69,8 @@ def import_snapshot_set(host: Host, bcd: BackupComponents) -> SnapshotSet:
             raise ImportRefused(
                 f"set {description.set_id} is already known here as {existing.state.value}; it cannot be imported"
             )
+        if cluster_check:
+            check_cluster_rule(host, bcd)
         for snap in description.snapshots:  # refuse before recording anything: bad input changes nothing
             if snap.locator.destination is None and not snap.locator.properties:
                 raise ImportRefused(f"snapshot {snap.snapshot_id} has no locator: the set was not made transportable")
@@ -107,6 +120,37 @@ def import_snapshot_set(host: Host, bcd: BackupComponents) -> SnapshotSet:
             document_sha256=hashlib.sha256(bcd_to_xml(bcd)).hexdigest(),
         )
         return catalog.transition(description.set_id, SetState.CREATED)
+
+
+def check_cluster_rule(host: Host, bcd: BackupComponents) -> None:
+    """Refuse (`ClusterRule`) a set whose original volumes this host sees: the provider says the original LUN is
+    presented here, or a filesystem mounted in this mount namespace has an original volume's UUID. This host's own
+    exposed snapshot copies (same UUID, mounted with `nouuid`) do not count."""
+    description = bcd.snapshot_set
+    for snap in description.snapshots:
+        if host.provider(snap.locator.provider).sees_original(snap.locator):
+            raise ClusterRule(
+                f"{host.name} sees the original volume {snap.original_volume.mount_point} of {bcd.originating_host} "
+                f"(provider {snap.locator.provider}); a host that sees the original must not import its copy"
+            )
+    wanted = {s.original_volume.fs_uuid: s.original_volume for s in description.snapshots if s.original_volume.fs_uuid}
+    if not wanted:
+        return
+    ours = {s.device for known in host.catalog.list_sets() for s in known.snapshots if s.device}
+    run_root = str(host.run_dir.absolute()).rstrip("/") + "/"
+    seen: dict[str, str] = {}
+    for mount in mnt.mounts():
+        if not mount.source.startswith("/dev/") or mount.source in ours or mount.mount_point.startswith(run_root):
+            continue
+        if mount.source not in seen:
+            seen[mount.source] = mnt.fs_identity(host.runner, mount.source)[1]
+        volume = wanted.get(seen[mount.source])
+        if volume is not None:
+            raise ClusterRule(
+                f"{host.name} has {mount.source} mounted at {mount.mount_point} with the UUID of the original volume "
+                f"{volume.mount_point} of {bcd.originating_host}; a host that sees the original must not import "
+                "its copy"
+            )
 
 
 # -- expose, map, unexpose ---------------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ def bcd_element(bcd: BackupComponents) -> etree._Element:
                 "instanceId": str(wc.writer_id),
                 "writerId": str(wc.class_id),
                 "instanceName": _none_if_empty(wc.instance_name),
+                "excluded": wc.excluded,
             },
         )
         for comp in wc.components:
@@ -180,6 +181,7 @@ def _read_writer(element: etree._Element) -> WriterComponents:
             class_id=uuid.UUID(required(element, "writerId")),
             instance_name=element.get("instanceName", ""),
             components=components,
+            excluded=element.get("excluded"),
         )
 
 

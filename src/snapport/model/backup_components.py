@@ -41,12 +41,21 @@ class SelectedComponent:
 
 @dataclass(frozen=True, slots=True)
 class WriterComponents:
-    """The components selected from one writer (VSS: WRITER_COMPONENTS)."""
+    """The components selected from one writer (VSS: WRITER_COMPONENTS).
+
+    `excluded` says why a writer that was asked to take part was left out instead (the requester chose to go on
+    without a failing writer): its components are then absent from the backup.
+    """
 
     writer_id: uuid.UUID
     class_id: uuid.UUID
     instance_name: str = ""
     components: tuple[SelectedComponent, ...] = ()
+    excluded: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.excluded is not None and (not self.excluded or self.components):
+            raise ValueError("an excluded writer has a reason and no components")
 
 
 @dataclass(frozen=True, slots=True)

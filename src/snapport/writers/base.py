@@ -16,7 +16,7 @@ import enum
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from snapport.model import Attr, BackupType, Context, Volume, WriterMetadata
@@ -82,6 +82,9 @@ class Session:
     backup_type: BackupType
     volumes: tuple[Volume, ...]
     freeze_window_s: float = 60.0  # the hard bound: whatever holds a freeze must let go by then
+    # BackupComplete only: this writer's components' private metadata from the BCD, by component full path (VSS:
+    # IVssComponent::GetBackupMetadata), e.g. the log position up to which it may truncate.
+    backup_metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

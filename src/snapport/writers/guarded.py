@@ -7,7 +7,8 @@ Either marks the writer failed at that event, as VSS does (`FAILED_AT_FREEZE`, .
 
 An in-process writer cannot be killed: an overrunning call goes on in its (daemon) thread, and the coordinator's
 `abort` is what undoes it; a writer must therefore keep its own waits inside the deadline and serialise its
-events. Out-of-process writers (a later issue) will be killed on overrun instead.
+events. An out-of-process writer (`writers/remote.py`) answers at its deadline and, if the event still runs 5 s
+later, its process exits and releases whatever it held.
 """
 
 from __future__ import annotations

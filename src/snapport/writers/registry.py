@@ -15,6 +15,10 @@ from snapport.errors import UsageError
 from snapport.model import Volume
 from snapport.writers.base import Writer
 from snapport.writers.filesystem import FilesystemWriter
+from snapport.writers.hook import HookWriter
+from snapport.writers.mariadb import LOCKS, MariadbWriter
+from snapport.writers.postgresql import MODES, PostgresqlWriter
+from snapport.writers.remote import RemoteWriter
 from snapport.writers.sqlite import CHECKPOINT_MODES, SqliteWriter, volume_holding
 
 
@@ -45,9 +49,67 @@ def _sqlite(target: str, options: Mapping[str, str], volumes: Sequence[Volume], 
     return SqliteWriter([path], volumes, host=host, checkpoint=options.get("checkpoint", "truncate"))
 
 
+def _port(kind: str, value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise UsageError(f"{kind} writer: port must be a number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
+def _postgresql(target: str, options: Mapping[str, str], volumes: Sequence[Volume], host: str) -> Writer:
+    writer = PostgresqlWriter(
+        target,
+        volumes,
+        host=host,
+        mode=options.get("mode", "backup-mode"),
+        server=options.get("host", "/run/postgresql"),
+        port=_port("postgresql", options.get("port", "5432")),
+        user=options.get("user", "postgres"),
+        dbname=options.get("dbname", "postgres"),
+        archive=options.get("purge_archive"),
+    )
+    writer.check_volumes(volumes)  # refused here, before anything is frozen (atomic needs the whole cluster)
+    return writer
+
+
+def _mariadb(target: str, options: Mapping[str, str], volumes: Sequence[Volume], host: str) -> Writer:
+    return MariadbWriter(
+        target,
+        volumes,
+        host=host,
+        user=options.get("user", "root"),
+        lock=options.get("lock", "backup-stage"),
+        purge_binlogs=options.get("purge_binlogs", "no") == "yes",
+        defaults_file=options.get("defaults_file"),
+    )
+
+
+def _hook(target: str, options: Mapping[str, str], volumes: Sequence[Volume], host: str) -> Writer:
+    paths = [p for p in options.get("paths", "").split(":") if p]
+    return HookWriter(target, volumes, host=host, paths=paths)
+
+
+def _remote(target: str, options: Mapping[str, str], volumes: Sequence[Volume], host: str) -> Writer:
+    # Connects at once; a writer process that is not there fails the first event (so `complete` still runs).
+    return RemoteWriter(Path(target))
+
+
 WRITERS: Mapping[str, WriterKind] = {
     "filesystem": WriterKind(FilesystemWriter, {}, _filesystem, "a volume's mount point"),
     "sqlite": WriterKind(SqliteWriter, {"checkpoint": CHECKPOINT_MODES}, _sqlite, "a database file"),
+    "postgresql": WriterKind(
+        PostgresqlWriter,
+        {"mode": MODES, "host": None, "port": None, "user": None, "dbname": None, "purge_archive": None},
+        _postgresql,
+        "a cluster's data directory",
+    ),
+    "mariadb": WriterKind(
+        MariadbWriter,
+        {"user": None, "lock": LOCKS, "purge_binlogs": ("yes", "no"), "defaults_file": None},
+        _mariadb,
+        "the server's Unix socket",
+    ),
+    "hook": WriterKind(HookWriter, {"paths": None}, _hook, "an executable script"),
+    "remote": WriterKind(RemoteWriter, {}, _remote, "a registered writer's socket ($SNAPPORT_HOME/writers.d/ID.sock)"),
 }
 
 

@@ -22,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from snapport.catalog import KEEP, Catalog, EventKind, head_revision
+from snapport.catalog import KEEP, Catalog, EventKind, JobProgress, JobState, head_revision
 from snapport.catalog.engine import current_revision
 from snapport.catalog.schema import metadata
 from snapport.errors import BadState, CatalogError, LeaseExpired, MaxVolumes, ObjectNotFound, PathEscape
@@ -259,7 +259,7 @@ def created_set(catalog: Catalog, n: int = 1) -> SnapshotSet:
 
 
 def test_open_creates_the_schema_at_head(catalog: Catalog) -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
     with catalog._engine.connect() as conn:
         assert current_revision(conn) == head_revision()
 
@@ -687,3 +687,57 @@ def test_bad_urls_and_unreachable_databases_are_catalog_errors(tmp_path: Path) -
         Catalog.open(f"sqlite:///{blocker / 'home' / 'catalog.db'}")
     with pytest.raises(CatalogError, match="cannot open the catalog"):
         Catalog.open(f"postgresql://nobody@/x?host={tmp_path / 'no-socket-here'}&port=5")
+
+
+# -- agent jobs (revision 0002) -------------------------------------------------------------------------------------
+
+
+def test_a_job_round_trips_through_its_life(catalog: Catalog) -> None:
+    job_id, set_id = uuid.uuid4(), uuid.uuid4()
+    queued = catalog.add_job(job_id, "backup", params_json='{"a": 1}', requested_by="systemone", set_id=set_id)
+    assert (queued.state, queued.params_json, queued.requested_by, queued.set_id) == (
+        JobState.QUEUED,
+        '{"a": 1}',
+        "systemone",
+        set_id,
+    )
+    assert queued.started_at is None and queued.finished_at is None and not queued.cancel_requested
+    running = catalog.update_job(job_id, state=JobState.RUNNING)
+    assert running.started_at is not None and running.finished_at is None
+    progress = JobProgress(phase="copy", fraction=0.5, bytes_done=5 << 40, files_done=12)
+    assert catalog.update_job(job_id, progress=progress).progress == progress  # bytes beyond 32 bits
+    done = catalog.update_job(job_id, state=JobState.SUCCEEDED, result_json='{"ok": true}')
+    assert done.finished_at is not None and done.result_json == '{"ok": true}'
+    assert catalog.get_job(job_id) == done
+    assert done.started_at is not None and done.started_at.tzinfo is UTC
+
+
+def test_job_moves_are_checked_and_progress_needs_a_running_job(catalog: Catalog) -> None:
+    job_id = uuid.uuid4()
+    catalog.add_job(job_id, "backup")
+    with pytest.raises(BadState, match="only a running job"):
+        catalog.update_job(job_id, progress=JobProgress(phase="x"))
+    with pytest.raises(BadState, match="cannot become succeeded"):
+        catalog.update_job(job_id, state=JobState.SUCCEEDED)
+    failed = catalog.update_job(job_id, state=JobState.FAILED, error=("JOB_INTERRUPTED", "agent stopped"))
+    assert (failed.error_code, failed.error_message) == ("JOB_INTERRUPTED", "agent stopped")
+    for state in JobState:
+        with pytest.raises(BadState):
+            catalog.update_job(job_id, state=state)
+    with pytest.raises(ObjectNotFound):
+        catalog.get_job(uuid.uuid4())
+    with pytest.raises(ObjectNotFound):
+        catalog.update_job(uuid.uuid4(), cancel_requested=True)
+    with pytest.raises(CatalogError, match="already"):
+        catalog.add_job(job_id, "backup")
+
+
+def test_jobs_are_listed_in_creation_order_and_filtered(catalog: Catalog) -> None:
+    set_id = uuid.uuid4()
+    ids = [catalog.add_job(uuid.uuid4(), "a" if i % 2 else "b", set_id=set_id if i == 3 else None).id for i in range(5)]
+    catalog.update_job(ids[0], state=JobState.RUNNING)
+    assert [j.id for j in catalog.list_jobs()] == ids
+    assert [j.id for j in catalog.list_jobs(limit=2)] == ids[3:]  # the newest two, oldest first
+    assert [j.id for j in catalog.list_jobs([JobState.RUNNING])] == ids[:1]
+    assert [j.id for j in catalog.list_jobs(kind="a")] == [ids[1], ids[3]]
+    assert [j.id for j in catalog.list_jobs(set_id=set_id)] == [ids[3]]

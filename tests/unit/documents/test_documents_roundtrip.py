@@ -145,6 +145,8 @@ writer_components = st.builds(
     class_id=st.uuids(),
     instance_name=xml_text(),
     components=st.lists(selected, max_size=4).map(tuple),
+) | st.builds(  # a writer left out of the backup (--on-writer-failure exclude)
+    WriterComponents, writer_id=st.uuids(), class_id=st.uuids(), instance_name=xml_text(), excluded=xml_text(min_size=1)
 )
 backup_components = st.builds(
     BackupComponents,

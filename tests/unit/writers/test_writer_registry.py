@@ -33,10 +33,11 @@ def _db(path: Path, *, wal: bool) -> Path:
     return path
 
 
-def test_the_registry_lists_both_kinds_by_their_own_names() -> None:
-    assert set(WRITERS) == {"filesystem", "sqlite"}
+def test_the_registry_lists_every_kind_by_its_own_name() -> None:
+    assert set(WRITERS) == {"filesystem", "sqlite", "postgresql", "mariadb", "hook", "remote"}
     for name, kind in WRITERS.items():
-        assert kind.cls.kind == name
+        if name != "remote":  # a remote writer reports the kind of the writer process it reaches
+            assert kind.cls.kind == name
     assert WRITERS["filesystem"].cls.tier is Tier.FILESYSTEM
     assert WRITERS["sqlite"].cls.tier is Tier.APPLICATION
 
@@ -46,7 +47,10 @@ def test_the_registry_lists_both_kinds_by_their_own_names() -> None:
     [
         ("sqlite", "is not KIND:TARGET"),
         (":/srv/a.db", "is not KIND:TARGET"),
-        ("oracle:/srv/a.db", "unknown writer kind 'oracle'.*known kinds: filesystem, sqlite"),
+        (
+            "oracle:/srv/a.db",
+            "unknown writer kind 'oracle'.*known kinds: filesystem, hook, mariadb, postgresql, remote, sqlite",
+        ),
         ("sqlite:", "names no target"),
         ("sqlite:,checkpoint=off", "names no target"),
         ("sqlite:srv/a.db", "absolute path"),

@@ -1,0 +1,105 @@
+"""`verify` and `backups`: check a backed-up set in a repository, and list the sets a repository holds."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import click
+
+from snapport.cli.env import json_option
+from snapport.cli.output import emit_json, table
+from snapport.engines import ArchiveEngine, Engine
+from snapport.errors import ObjectNotFound, UsageError
+
+repo_option = click.option(
+    "--repo",
+    "repo",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The backup repository (a directory).",
+)
+
+
+def resolve_set(engine: Engine, set_id: str) -> uuid.UUID:
+    """A set of the repository by full id or by a unique prefix of at least 4 hex digits."""
+    try:
+        return uuid.UUID(set_id)
+    except ValueError:
+        pass
+    prefix = set_id.lower()
+    if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
+        raise UsageError(f"{set_id!r} is not a set id (a UUID, or a unique prefix of at least 4 hex digits)")
+    matches = [s.set_id for s in engine.list() if str(s.set_id).startswith(prefix)]
+    if len(matches) > 1:
+        raise UsageError(f"{set_id!r} matches {len(matches)} sets; give more of the id")
+    if not matches:
+        raise ObjectNotFound(f"no set with id {set_id!r} in the repository")
+    return matches[0]
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@click.command("verify")
+@repo_option
+@click.option("--set", "set_id", required=True, metavar="ID", help="The set's id (or a unique prefix).")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, repo: Path, set_id: str, as_json: bool) -> None:
+    """Re-read a backed-up set and check every file against its digest: exit 0 intact, 1 damaged (says what)."""
+    engine = ArchiveEngine(repo)
+    report = engine.verify(resolve_set(engine, set_id))
+    if as_json:
+        emit_json(
+            {
+                "set_id": str(report.set_id),
+                "intact": report.intact,
+                "problems": [{"kind": p.kind.value, "path": p.path, "detail": p.detail} for p in report.problems],
+                "files": report.files,
+                "bytes": report.bytes,
+                "duration_s": round(report.duration_s, 3),
+            }
+        )
+    elif report.intact:
+        click.echo(f"set {report.set_id} is intact: {report.files} files, {_size(report.bytes)} re-read and checked")
+    else:
+        for problem in report.problems:
+            # A file name that is not UTF-8 is shown with \x escapes, so each problem stays one readable line.
+            click.echo(os.fsencode(str(problem)).decode("utf-8", "backslashreplace"))
+    if not report.intact:
+        ctx.exit(1)
+
+
+@click.command("backups")
+@repo_option
+@json_option
+def backups(repo: Path, as_json: bool) -> None:
+    """List the sets backed up in a repository."""
+    sets = ArchiveEngine(repo).list()
+    if as_json:
+        emit_json({"sets": sets})
+        return
+    table(
+        None,
+        ["SET", "HOST", "CREATED", "COMPONENTS", "FILES", "SIZE", "STORED"],
+        [
+            (
+                s.set_id,
+                s.originating_host,
+                s.created.isoformat(timespec="seconds") if s.created else "unreadable",
+                len(s.components),
+                s.files,
+                _size(s.bytes),
+                _size(s.stored_bytes),
+            )
+            for s in sets
+        ],
+    )

@@ -1,0 +1,138 @@
+"""The off-host backup across the lab's two hosts (network and mount namespaces), with the sample application
+writing all along: success, refusals, a cut link and a killed proxy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from snapport.engines import ArchiveEngine
+from tests.e2e.conftest import E2E_MARKS, LabUnderTest, result_of, wait_until
+from tests.integration.lab.conftest import snapport
+
+pytestmark = [*E2E_MARKS, pytest.mark.timeout(600)]
+PROBE = Path(__file__).with_name("_auth_probe.py")
+
+
+def test_offhost_backup_fires_backup_complete_once_after_success(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = result_of(lab_up.offhost(repo))
+    set_id = uuid.UUID(result["set_id"])
+    assert result["proxy"] == "systemTwo" and result["files"] >= 1 and result["import_ms"] > 0
+    assert {c["component"] for c in result["components"]} >= {"/srv/data/app.db"}
+    assert lab_up.backup_completes(set_id) == 1  # the sqlite writer heard BackupComplete once
+    assert lab_up.set_state("one", set_id) == "deleted"  # auto-release: the session's end deleted the snapshot
+    assert lab_up.set_state("two", set_id) == "deleted"
+    assert lab_up.exposed_on_two() == []
+    assert ArchiveEngine(repo).verify(set_id).intact
+    catalog = lab_up.catalog("one")
+    try:
+        assert all(lease.released_at is not None for lease in catalog.leases(set_id))
+    finally:
+        catalog.close()
+
+
+def test_only_the_proxy_named_for_a_set_reaches_it(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    set_id = uuid.UUID(result_of(lab_up.offhost(tmp_path / "repo"))["set_id"])
+    lab = lab_up.lab
+    three = tmp_path / "three"
+    issued = snapport(
+        "certs", "issue", "systemThree", "--role", "proxy", "--ip", "198.18.0.3",
+        "--dir", str(lab_up.directory / "ca"), "--out", str(three),
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    address = f"{lab.one.ip}:{lab_up.port}"
+
+    def probe(certs: Path, name: str, method: str, path: str) -> dict[str, object]:
+        done = lab.two.run([sys.executable, str(PROBE), address, str(certs), name, method, path], timeout=60)
+        return dict(json.loads(done.stdout))
+
+    two_certs = lab.two.home / "certs"
+    one_certs = lab.one.home / "certs"
+    assert probe(three, "systemThree", "GET", f"/v1/sets/{set_id}/documents") == {"ok": False, "error": "ACCESS_DENIED"}
+    assert probe(three, "systemThree", "POST", f"/v1/sets/{set_id}/lease") == {"ok": False, "error": "ACCESS_DENIED"}
+    assert probe(one_certs, "systemOne", "GET", f"/v1/sets/{set_id}/documents") == {
+        "ok": False,
+        "error": "ACCESS_DENIED",
+    }  # the production role may not
+    assert probe(two_certs, "systemTwo", "GET", f"/v1/sets/{set_id}/documents")["ok"] is True
+    # systemOne's session ended: its heartbeat route now answers 410 to the proxy itself
+    assert probe(two_certs, "systemTwo", "POST", f"/v1/sets/{set_id}/lease") == {"ok": False, "error": "LEASE_EXPIRED"}
+    assert probe(two_certs, "systemTwo", "GET", f"/v1/sets/{uuid.uuid4()}/documents")["error"] == "OBJECT_NOT_FOUND"
+
+    # the cluster rule: a host that sees the original volume (systemOne itself, fresh home) refuses the import
+    script = (
+        "import sys; from pathlib import Path; from snapport.catalog import Catalog, catalog_url;"
+        "from snapport.coordinator.host import Host; from snapport.coordinator import lifecycle;"
+        "from snapport.documents import load_documents; from snapport.errors import ClusterRule;"
+        "home = Path(sys.argv[1]); bcd, _ = load_documents(Path(sys.argv[2]));"
+        "host = Host(name='systemOne', home=home, catalog=Catalog.open(catalog_url(home)), run_dir=home / 'run');\n"
+        "try:\n  lifecycle.import_snapshot_set(host, bcd, cluster_check=True)\n"
+        "except ClusterRule as exc:\n  print('CLUSTER_RULE', exc.message)"
+    )
+    home = tmp_path / "other-home"
+    home.mkdir()
+    done = lab.one.run(
+        [sys.executable, "-c", script, str(home), str(lab.one.home / "sets" / str(set_id))], timeout=60, check=False
+    )
+    assert done.stdout.startswith("CLUSTER_RULE"), (done.stdout, done.stderr)
+
+
+def test_link_cut_mid_backup_lease_expires_and_both_sides_clean_up(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    lab_up.stop_proxy_agent()
+    lab_up.start_proxy_agent({"SNAPPORT_FAULT": "engine.backup:hang"})
+    backup = subprocess.Popen(
+        lab_up.offhost_argv(tmp_path / "repo", "--lease", "6"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job = lab_up.wait_proxy_phase("backup")
+        set_id = uuid.UUID(str(job.params_json and json.loads(job.params_json)["set_id"]))
+        lab_up.link(up=False)
+        _out, err = backup.communicate(timeout=120)
+        assert backup.returncode != 0 and "LEASE_EXPIRED" in err, err
+        assert lab_up.backup_completes(set_id) == 0  # never fired
+        assert lab_up.set_state("one", set_id) == "deleted"  # the session ended failed, the snapshot went
+        wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=60, what="the proxy's clean-up")
+        assert lab_up.exposed_on_two() == []
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+        lab_up.link(up=True)
+        lab_up.stop_proxy_agent()
+        lab_up.start_proxy_agent()
+
+
+def test_proxy_killed_mid_backup_reconciles_on_restart(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    lab_up.stop_proxy_agent()
+    lab_up.start_proxy_agent({"SNAPPORT_FAULT": "engine.backup:hang"})
+    backup = subprocess.Popen(
+        lab_up.offhost_argv(tmp_path / "repo", "--lease", "60"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job = lab_up.wait_proxy_phase("backup")
+        set_id = uuid.UUID(json.loads(job.params_json)["set_id"])
+        assert lab_up.exposed_on_two() != []
+        lab_up.stop_proxy_agent(signal.SIGKILL)
+        assert lab_up.exposed_on_two() != []  # a crash leaves the copy mounted...
+        lab_up.start_proxy_agent()  # ...until the restarted agent reconciles
+        _out, err = backup.communicate(timeout=120)
+        assert backup.returncode != 0 and "JOB_INTERRUPTED" in err, err
+        assert lab_up.backup_completes(set_id) == 0
+        assert lab_up.set_state("one", set_id) == "deleted"
+        wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=60, what="reconciliation")
+        assert lab_up.exposed_on_two() == []
+    finally:
+        if backup.poll() is None:
+            backup.kill()
