@@ -34,7 +34,7 @@ from snapport.agent.dispatch import PROXY_ONLY, Call, Route
 from snapport.agent.jobs import JobContext, JobKind
 from snapport.agent.log import log
 from snapport.agent.service import Agent
-from snapport.catalog import Catalog, JobRecord
+from snapport.catalog import Catalog, JobRecord, JobState
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host, run_dir
 from snapport.coordinator.session import BackupSession, CreatedSet, SessionOptions
@@ -381,6 +381,10 @@ async def _await_report(
         except AgentUnreachable:
             job = None
         if job is not None:
+            if job.state is JobState.QUEUED:
+                # The proxy answered and holds the job in its queue: waiting for a slot is not a lost proxy, so a
+                # queued job's lease does not run out while it waits.
+                await agent.db.call(lambda c: c.renew_lease(handover.lease_id))
             if job.progress.phase:
                 await context.progress(
                     f"proxy:{job.progress.phase}", fraction=job.progress.fraction, bytes_done=job.progress.bytes_done

@@ -74,7 +74,7 @@ def import_snapshot_set(host: Host, bcd: BackupComponents, *, cluster_check: boo
         for snap in description.snapshots:  # refuse before recording anything: bad input changes nothing
             if snap.locator.destination is None and not snap.locator.properties:
                 raise ImportRefused(f"snapshot {snap.snapshot_id} has no locator: the set was not made transportable")
-            host.provider(snap.locator.provider).check_import(snap.locator)
+            host.provider(snap.locator.provider).check_import(snap.locator, set_id=description.set_id)
         started = time.monotonic()
         attrs = description.attrs | Attr.IMPORTED
         catalog.add_set(

@@ -14,7 +14,8 @@ Contract, method by method (restic's Backend habit):
   and after a crash (it works from the requests, not from memory).
 - `delete`, `unimport`, `unexpose` are idempotent: undoing what is already undone succeeds.
 - `check_import` raises `ImportRefused` when this host cannot import the snapshot (the locator names nothing, the
-  snapshot is incomplete, or another host has imported it) and changes nothing; `import_snapshot` runs the same
+  snapshot is incomplete, it is not a snapshot of `set_id` as the array itself records, or another host has
+  imported it) and changes nothing; `import_snapshot` runs the same
   checks, presents the snapshot on this host, read-only, and returns its device (or directory);
   `sees_original` tells whether this host sees the original volume (the cluster rule).
 - `expose` mounts the imported snapshot read-only at a directory; `break_snapshot` turns it into a standalone
@@ -90,7 +91,7 @@ class Provider(Protocol):
 
     def sees_original(self, locator: Locator) -> bool: ...
 
-    def check_import(self, locator: Locator) -> None: ...
+    def check_import(self, locator: Locator, *, set_id: uuid.UUID | None = None) -> None: ...
 
     def import_snapshot(self, locator: Locator) -> str: ...
 

@@ -159,8 +159,8 @@ class BtrfsProvider:
     def sees_original(self, locator: Locator) -> bool:
         return locator.property("host") == self.host.name  # the snapshot lives inside the original
 
-    def check_import(self, locator: Locator) -> None:
-        self.import_snapshot(locator)  # a local "import" changes nothing
+    def check_import(self, locator: Locator, *, set_id: uuid.UUID | None = None) -> None:
+        self.import_snapshot(locator)  # a local "import" changes nothing; the path names the snapshot itself
 
     def import_snapshot(self, locator: Locator) -> str:
         path = self._local(locator, "import", ImportRefused)

@@ -303,3 +303,31 @@ def test_break_leaves_a_standalone_writable_volume(world: ArrayWorld) -> None:
     (target / "new").write_text("writable")
     assert (target / "f").read_text() == "kept"
     assert host.catalog.get_set(uuid.UUID(str(created["set_id"]))).state is SetState.BROKEN
+
+
+def test_import_refuses_a_lun_outside_the_documents_own_set(world: ArrayWorld, tmp_path: Path) -> None:
+    volume = world.volume("data")
+    docs_a, docs_b = tmp_path / "a", tmp_path / "b"
+    for docs in (docs_a, docs_b):
+        snapport(
+            world, HOST_ONE, "create", str(volume), "--transportable", "--context", "app-backup", "--out", str(docs)
+        )
+    bcd_a, _ = load_documents(docs_a)
+    bcd_b, _ = load_documents(docs_b)
+    # Set A's document, pointing at set B's (real, ready) snapshot LUN: the array's record says whose LUN it is.
+    stolen = dataclasses.replace(
+        bcd_a,
+        snapshot_set=dataclasses.replace(
+            bcd_a.snapshot_set,
+            snapshots=(
+                dataclasses.replace(bcd_a.snapshot_set.snapshots[0], locator=bcd_b.snapshot_set.snapshots[0].locator),
+            ),
+        ),
+    )
+    two = world.host(HOST_TWO)
+    with pytest.raises(ImportRefused, match="outside its own snapshot set"):
+        lifecycle.import_snapshot_set(two, stolen)
+    assert two.catalog.list_sets() == []
+    for bcd in (bcd_a, bcd_b):
+        snapport(world, HOST_ONE, "delete", str(bcd.set_id))
+    assert world.leftovers(world.host(), two) == []

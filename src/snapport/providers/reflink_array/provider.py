@@ -191,8 +191,17 @@ class ReflinkArrayProvider:
         accounted = {device for _, devices in lun.presented_to for device in devices}
         return any(device not in accounted for device in array.local_devices(lun.id))
 
-    def check_import(self, locator: Locator) -> None:
-        self._importable(locator)
+    def check_import(self, locator: Locator, *, set_id: uuid.UUID | None = None) -> None:
+        array, lun = self._importable(locator)
+        # The array's own record, not the document, says which set a LUN belongs to: a document naming a LUN of
+        # another set (or an original volume) is refused.
+        if set_id is not None and lun.snapshot_of_set != str(set_id):
+            raise ImportRefused(
+                f"LUN {lun.id} of array {array.array_id} is not a snapshot of set {set_id}: the document names a "
+                "LUN outside its own snapshot set"
+            )
+        if locator.source is not None and lun.parent != locator.source.lun_id:
+            raise ImportRefused(f"LUN {lun.id} is not a snapshot of LUN {locator.source.lun_id} as the document says")
 
     def _importable(self, locator: Locator) -> tuple[Array, Lun]:
         array, lun = self._snapshot(locator, ImportRefused)
