@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,50 @@ def test_offhost_backup_fires_backup_complete_once_after_success(lab_up: LabUnde
         assert all(lease.released_at is not None for lease in catalog.leases(set_id))
     finally:
         catalog.close()
+
+
+def test_no_backup_session_hands_over_and_returns_without_backup_complete(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = result_of(lab_up.offhost(repo, "--no-backup-session"))
+    set_id, proxy_job_id = uuid.UUID(result["set_id"]), uuid.UUID(result["proxy_job_id"])
+    assert result["backup_session"] is False and result["proxy"] == "systemTwo"
+    assert lab_up.backup_completes(set_id) == 0  # the session ended at the handover, without BackupComplete
+
+    def job(key: str, job_id: uuid.UUID) -> Any:
+        catalog = lab_up.catalog(key)
+        try:
+            return catalog.get_job(job_id)
+        finally:
+            catalog.close()
+
+    wait_until(lambda: job("two", proxy_job_id).state.finished, timeout_s=120, what="the proxy's job")
+    proxy_job, own_job = job("two", proxy_job_id), job("one", uuid.UUID(result["job_id"]))
+    assert proxy_job.state.value == "succeeded", proxy_job.error_message  # its report was accepted
+    assert own_job.state.value == "succeeded"
+    assert own_job.finished_at < proxy_job.finished_at  # systemOne did not wait for the report
+    assert ArchiveEngine(repo).verify(set_id).intact
+    wait_until(lambda: lab_up.set_state("one", set_id) == "deleted", timeout_s=60, what="systemOne's delete")
+    assert lab_up.set_state("two", set_id) == "deleted"  # persistent: the proxy deleted it explicitly
+    assert lab_up.backup_completes(set_id) == 0  # not a backup: no writer may truncate its logs
+    assert lab_up.exposed_on_two() == []
+    catalog = lab_up.catalog("one")
+    try:
+        assert catalog.get_set(set_id).context.value == "app-rollback"
+        events = {e.event for e in catalog.writer_events(set_id)}
+        assert "backup-complete" not in events and "backup-shutdown" in events
+        wait_until(
+            lambda: all(lease.released_at is not None for lease in catalog.leases(set_id)),
+            timeout_s=30,
+            what="the lease's release",
+        )
+    finally:
+        catalog.close()
+    for key in ("one", "two"):  # nothing left attached on either host
+        catalog = lab_up.catalog(key)
+        try:
+            assert all(s.device is None and not s.exposed_at for s in catalog.get_set(set_id).snapshots)
+        finally:
+            catalog.close()
 
 
 def test_only_the_proxy_named_for_a_set_reaches_it(lab_up: LabUnderTest, tmp_path: Path) -> None:

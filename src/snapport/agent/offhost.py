@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +60,8 @@ PROXY_KIND = "proxy-backup"
 _JOB_NAMESPACE = uuid.UUID("5b0c8f5e-52f4-4a57-9d0b-6e0f3c2b7a11")  # proxy job id = uuid5(this, set id): retry-safe
 MAX_DOCUMENT_BYTES = 4 << 20
 POLL_S = 0.5
+DATA_MINING_CONTEXT = Context.APP_ROLLBACK  # persistent: an auto-release set would go with the session that made it
+assert not DATA_MINING_CONTEXT.auto_release and DATA_MINING_CONTEXT.writers_involved
 STUCK_WORK_GRACE_S = 5.0  # how long a proxy waits for its work to stop after the lease is lost
 
 
@@ -85,6 +87,11 @@ class OffhostParams(_Model):
     repo: str = Field(max_length=4096, description="the repository directory on the proxy")
     lease_s: float | None = Field(None, gt=0, le=7 * 86400, description="default: lease_default_s")
     freeze_timeout_s: float = Field(60.0, gt=0, le=600)
+    backup_session: bool = Field(
+        True,
+        description="false: data mining: the set is made in the persistent context app-rollback, handed over, and "
+        "this host's session ends at once, without BackupComplete; the proxy still backs it up and deletes it",
+    )
 
     _repo = field_validator("repo")(classmethod(lambda cls, v: _absolute(v)))
     _volumes = field_validator("volumes")(classmethod(lambda cls, v: [_absolute(p) for p in v]))
@@ -273,12 +280,17 @@ def _create_set(agent: Agent, params: OffhostParams) -> CreatedSet:
     host = _host(agent)
     resolved = tuple(host.volume(v) for v in params.volumes)
     writers = [writer_from_spec(spec, resolved, host.name) for spec in params.writers]
+    if params.backup_session:
+        context, modifiers, description = Context.BACKUP, Attr.TRANSPORTABLE, "off-host backup"
+    else:  # the set must outlive the session that made it: an auto-release context would delete it at its end
+        context, modifiers = DATA_MINING_CONTEXT, Attr.TRANSPORTABLE | Attr.ROLLBACK_RECOVERY
+        description = "off-host data mining"
     options = SessionOptions(
-        context=Context.BACKUP,
-        modifiers=Attr.TRANSPORTABLE,
+        context=context,
+        modifiers=modifiers,
         freeze_timeout_s=params.freeze_timeout_s,
         writer_specs=tuple(params.writers),
-        description="off-host backup",
+        description=description,
     )
     session = BackupSession(host, options, writers)
     for volume in resolved:
@@ -286,22 +298,27 @@ def _create_set(agent: Agent, params: OffhostParams) -> CreatedSet:
     return session.create()
 
 
-def _end_session(agent: Agent, set_id: uuid.UUID, *, succeeded: bool, settle_s: float = 0.0) -> None:
-    """BackupComplete (only if `succeeded`) and the end of the session; a second call changes nothing. The
+def _end_session(
+    agent: Agent, set_id: uuid.UUID, *, succeeded: bool, settle_s: float = 0.0, keep_set: bool = False
+) -> None:
+    """BackupComplete (only if `succeeded`) and the end of the session; a second call changes nothing. Then the
+    set is deleted here, whatever its context (an off-host set is never kept once its proxy is done with it),
+    unless `keep_set` (data mining: the session ends while the proxy still needs the persistent set). The
     snapshot's deletion is retried for up to `settle_s` seconds: the array refuses to delete a LUN the proxy
     still holds, and a proxy that lost its lease lets go of it within about a lease."""
     host = _host(agent)
     deadline = time.monotonic() + settle_s
     try:
-        lifecycle.complete(host, set_id, succeeded=succeeded)
-        return
+        lifecycle.complete(host, set_id, succeeded=succeeded)  # auto-release contexts: deletes the set too
     except BadState:  # the outcome was claimed already
         pass
     except SnapportError as exc:
         log("offhost.delete-deferred", level=30, set=str(set_id), error=exc.code)
+    if keep_set:
+        return
     while True:
         state = host.catalog.get_set(set_id).state
-        if state in (SetState.DELETED, SetState.ABORTED) or not state_is_auto_release(host, set_id):
+        if state in (SetState.DELETED, SetState.ABORTED):
             return
         try:
             lifecycle.delete(host, set_id)
@@ -311,10 +328,6 @@ def _end_session(agent: Agent, set_id: uuid.UUID, *, succeeded: bool, settle_s: 
                 log("offhost.delete-failed", level=40, set=str(set_id), error=exc.code, message=exc.message)
                 return
         time.sleep(1.0)
-
-
-def state_is_auto_release(host: Host, set_id: uuid.UUID) -> bool:
-    return host.catalog.get_set(set_id).context.auto_release
 
 
 async def run_offhost(context: JobContext, params: OffhostParams) -> JsonValue:
@@ -328,14 +341,34 @@ async def run_offhost(context: JobContext, params: OffhostParams) -> JsonValue:
     lease = await agent.db.call(lambda c: c.grant_lease(set_id, proxy, lease_s))
     handover = _Handover(proxy, lease.id, asyncio.get_running_loop().create_future())
     _handovers(agent)[set_id] = handover
-    log("offhost.handover", set=str(set_id), proxy=proxy, lease_s=lease_s)
-    succeeded = False
+    log("offhost.handover", set=str(set_id), proxy=proxy, lease_s=lease_s, backup_session=params.backup_session)
+    succeeded = handed_off = False
     try:
         await context.progress("handover")
         proxy_params = ProxyParams(set_id=set_id, source=agent.config.host, repo=params.repo, lease_s=lease_s)
+        job_id = uuid.uuid5(_JOB_NAMESPACE, str(set_id))
         async with AgentClient.for_peer(agent.config, agent.home, proxy, timeout_s=5.0) as client:
-            job_id = uuid.uuid5(_JOB_NAMESPACE, str(set_id))
             await client.submit_job(PROXY_KIND, proxy_params.model_dump(mode="json"), job_id=job_id)
+            if not params.backup_session:
+                # data mining: end this host's session now, without BackupComplete (not a backup: writers must
+                # not truncate their logs); the persistent set stays for the proxy, and a watcher keeps the
+                # handover (route authorisation, heartbeats, the report) until the proxy reports or the lease ends
+                await context.progress("session-end")
+                await context.run_blocking(
+                    functools.partial(_end_session, agent, set_id, succeeded=False, keep_set=True)
+                )
+                _watch(agent, _watch_handover(agent, set_id, handover, job_id, lease_s))
+                succeeded = handed_off = True
+                log("offhost.handed-off", set=str(set_id), proxy=proxy)
+                return {
+                    "set_id": str(set_id),
+                    "proxy": proxy,
+                    "backup_session": False,
+                    "proxy_job_id": str(job_id),
+                    "freeze_window_ms": snapshot_set.freeze_window_ms,
+                    "commit_ms": snapshot_set.commit_ms,
+                    "location": str(Path(params.repo)),
+                }
             report = await _await_report(context, agent, handover, client, job_id)
         if not report.succeeded:
             raise _error(report.error, f"the proxy {proxy} failed: {report.message}")
@@ -354,6 +387,7 @@ async def run_offhost(context: JobContext, params: OffhostParams) -> JsonValue:
             "files": report.files,
             "location": report.location,
             "components": [c.model_dump(mode="json") for c in report.components],
+            "backup_session": True,
         }
     finally:
         if not succeeded:
@@ -361,15 +395,52 @@ async def run_offhost(context: JobContext, params: OffhostParams) -> JsonValue:
             settle = lease_s + STUCK_WORK_GRACE_S + 30.0
             await context.run_blocking(functools.partial(_end_session, agent, set_id, succeeded=False, settle_s=settle))
             log("offhost.failed", level=30, set=str(set_id), proxy=proxy)
-        del _handovers(agent)[set_id]
-        await agent.db.call(lambda c: c.release_lease(lease.id))
+        if not handed_off:  # else the watcher owns the handover and the lease
+            del _handovers(agent)[set_id]
+            await agent.db.call(lambda c: c.release_lease(lease.id))
+
+
+_WATCHERS: weakref.WeakKeyDictionary[Agent, set[asyncio.Task[None]]] = weakref.WeakKeyDictionary()
+
+
+def _watch(agent: Agent, work: Coroutine[Any, Any, None]) -> None:
+    tasks = _WATCHERS.setdefault(agent, set())
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)  # a strong reference until it ends
+    task.add_done_callback(tasks.discard)
+
+
+async def _watch_handover(
+    agent: Agent, set_id: uuid.UUID, handover: _Handover, job_id: uuid.UUID, lease_s: float
+) -> None:
+    """Data mining, after systemOne's job ended: keep the handover until the proxy reports (accepted, never a
+    BackupComplete: the session ended already) or its lease runs out, then delete the persistent set here
+    explicitly and release the lease. An agent stopped meanwhile leaves the lease to `reconcile`."""
+    outcome = "reported"
+    try:
+        async with AgentClient.for_peer(agent.config, agent.home, handover.proxy, timeout_s=5.0) as client:
+            report = await _await_report(None, agent, handover, client, job_id)
+        if not report.succeeded:
+            outcome = report.error or "failed"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        outcome = _describe(exc)[0]
+    handover.report.cancel()  # later heartbeats and reports: 410 / not accepted
+    settle = 0.0 if outcome == "reported" else lease_s + STUCK_WORK_GRACE_S + 30.0
+    try:
+        await asyncio.to_thread(functools.partial(_end_session, agent, set_id, succeeded=False, settle_s=settle))
+    finally:
+        _handovers(agent).pop(set_id, None)
+        await agent.db.call(lambda c: c.release_lease(handover.lease_id))
+        log("offhost.data-mining-done", level=20 if outcome == "reported" else 30, set=str(set_id), outcome=outcome)
 
 
 async def _await_report(
-    context: JobContext, agent: Agent, handover: _Handover, client: AgentClient, job_id: uuid.UUID
+    context: JobContext | None, agent: Agent, handover: _Handover, client: AgentClient, job_id: uuid.UUID
 ) -> CompletionReport:
-    """Wait for the proxy's report, relaying its progress; `LeaseExpired` when the lease runs out (this host's
-    clock only); the proxy job's own error if it ended without reporting."""
+    """Wait for the proxy's report, relaying its progress into `context` (if any); `LeaseExpired` when the lease
+    runs out (this host's clock only); the proxy job's own error if it ended without reporting."""
     while True:
         if handover.report.done():
             return handover.report.result()
@@ -385,7 +456,7 @@ async def _await_report(
                 # The proxy answered and holds the job in its queue: waiting for a slot is not a lost proxy, so a
                 # queued job's lease does not run out while it waits.
                 await agent.db.call(lambda c: c.renew_lease(handover.lease_id))
-            if job.progress.phase:
+            if job.progress.phase and context is not None:
                 await context.progress(
                     f"proxy:{job.progress.phase}", fraction=job.progress.fraction, bytes_done=job.progress.bytes_done
                 )

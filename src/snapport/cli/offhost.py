@@ -26,6 +26,9 @@ from snapport.cli.env import Env, json_option, pass_env
 @click.option("--lease", "lease_s", type=click.FloatRange(1, 7 * 86400), default=None, metavar="SECONDS",
               help="The proxy's lease [default: the source agent's lease_default_s].")  # fmt: skip
 @click.option("--freeze-timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True, metavar="SECONDS")
+@click.option("--no-backup-session", "no_backup_session", is_flag=True,
+              help="Data mining: a persistent (app-rollback) set for the proxy; the source's session ends right "
+              "after the handover, without BackupComplete; the command returns then.")  # fmt: skip
 @click.option("--server-name", default=None, help="Host name the source's certificate must carry [default: HOST].")
 @json_option
 @pass_env
@@ -38,6 +41,7 @@ def offhost_backup(
     repo: str,
     lease_s: float | None,
     freeze_timeout: float,
+    no_backup_session: bool,
     server_name: str | None,
     as_json: bool,
 ) -> None:
@@ -54,10 +58,18 @@ def offhost_backup(
         "repo": repo,
         "lease_s": lease_s,
         "freeze_timeout_s": freeze_timeout,
+        "backup_session": not no_backup_session,
     }
     result = asyncio.run(_follow(client, params, as_json))
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
+        return
+    if result.get("backup_session") is False:
+        click.echo(
+            f"set {result['set_id']} handed over to {result['proxy']} (proxy job {result['proxy_job_id']}, into "
+            f"{result['location']}); freeze window {result['freeze_window_ms']:.1f} ms; the session on {source} "
+            "ended without BackupComplete (data mining)"
+        )
         return
     click.echo(
         f"set {result['set_id']} backed up on {result['proxy']} into {result['location']}: {result['files']} files, "
