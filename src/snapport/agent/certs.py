@@ -18,9 +18,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snapport.errors import CertificateError, UsageError
+from snapport.osal.atomic import write_atomically
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -207,32 +206,12 @@ def verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
 
 
 def _write_atomically(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
-    """Write `data` to a temporary file beside `path`, fsync, then rename (or link, when not replacing: that fails
-    if `path` appeared meanwhile)."""
+    """Write a key or certificate whole; without `replace`, an existing file is never overwritten."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        if replace:
-            Path(tmp).replace(path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise CertificateError(f"{path} exists already; it is not replaced") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomically(path, data, mode=mode, replace=replace)
+    except FileExistsError:
+        raise CertificateError(f"{path} exists already; it is not replaced") from None
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

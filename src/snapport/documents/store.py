@@ -8,11 +8,9 @@ Layout of a backup's documents::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from snapport.documents.schema import BCD, kind_of
 from snapport.documents.wmd import wmd_from_element, wmd_to_xml
 from snapport.errors import DocumentError
 from snapport.model import BackupComponents, WriterMetadata
+from snapport.osal.atomic import fsync_dir, write_atomically
 
 BCD_FILE_NAME = "backup-components.xml"
 WRITERS_DIR_NAME = "writers"
@@ -78,32 +77,6 @@ def validate_file(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> BackupCo
         raise _about(path, exc) from exc
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename over `path`, fsync the directory: all or nothing."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_documents(out_dir: Path, bcd: BackupComponents, wmds: Iterable[WriterMetadata]) -> list[Path]:
     """Write the BCD and one WMD per writer under `out_dir`; returns the paths, the BCD's first.
 
@@ -123,14 +96,14 @@ def save_documents(out_dir: Path, bcd: BackupComponents, wmds: Iterable[WriterMe
 
     writers_dir.mkdir(parents=True, exist_ok=True)
     for path, data in payloads:
-        _write_atomically(path, data)
-    _write_atomically(bcd_path, bcd_data)
+        write_atomically(path, data, mode=_FILE_MODE)
+    write_atomically(bcd_path, bcd_data, mode=_FILE_MODE)
     keep = {path.name for path, _ in payloads}
     stale = [p for p in writers_dir.iterdir() if _WRITER_FILE.fullmatch(p.name) and p.name not in keep]
     for path in stale:
         path.unlink()
     if stale:
-        _fsync_dir(writers_dir)
+        fsync_dir(writers_dir)
     return [bcd_path, *(path for path, _ in payloads)]
 
 

@@ -71,6 +71,7 @@ from snapport.engines.base import (
 from snapport.engines.walk import Entry, EntryType, Selection, open_checked, select
 from snapport.errors import BadState, DocumentError, ObjectNotFound, SystemCommandError, UsageError
 from snapport.faults import inject
+from snapport.osal.atomic import fsync_dir
 from snapport.osal.lock import FileLock
 
 if TYPE_CHECKING:
@@ -228,14 +229,6 @@ class _Meter:
 # -- files on disk -----------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(path: Path) -> IO[bytes]:
     """A new file (never an existing one), readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
@@ -319,7 +312,7 @@ class ArchiveEngine:
             tmp = self.repository / f".{MARKER_FILE}.{secrets.token_hex(4)}"
             _write_file(tmp, (json.dumps({"format": FORMAT_VERSION, "engine": ENGINE_NAME}) + "\n").encode())
             tmp.replace(marker)
-            _fsync_dir(self.repository)
+            fsync_dir(self.repository)
             return
         if not self.repository.is_dir():
             raise ObjectNotFound(f"no archive repository at {self.repository}")
@@ -352,7 +345,7 @@ class ArchiveEngine:
                     continue  # a live backup holds it, or it just went
                 removed.append(path)
         if removed:
-            _fsync_dir(self.sets_dir)
+            fsync_dir(self.sets_dir)
         return tuple(removed)
 
     def list(self) -> tuple[SetSummary, ...]:
@@ -422,7 +415,7 @@ class ArchiveEngine:
                         raise BadState(f"set {set_id} appeared in repository {self.repository} during this backup")
                     tmp.rename(final)  # atomic; refused if a (non-empty) set directory is there
                     published = True
-            _fsync_dir(self.sets_dir)
+            fsync_dir(self.sets_dir)
         except OSError as exc:
             raise SystemCommandError(f"backup of set {set_id} into {self.repository} failed: {exc}") from exc
         finally:
@@ -490,8 +483,8 @@ class ArchiveEngine:
             compression_level=self.level,
         )
         _write_file(tmp / SET_FILE, record.to_bytes())
-        _fsync_dir(tmp / WRITERS_DIR_NAME)
-        _fsync_dir(tmp)
+        fsync_dir(tmp / WRITERS_DIR_NAME)
+        fsync_dir(tmp)
         return record
 
     def _write_archive(self, path: Path, entries: Sequence[Entry], meter: _Meter) -> tuple[tuple[str, ...], Part]:

@@ -7,8 +7,6 @@ Each record is written (atomically: temp file, fsync, rename, fsync DIR) *before
 
 from __future__ import annotations
 
-import os
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from snapport.errors import BadState, ObjectNotFound
+from snapport.osal.atomic import write_atomically
 from snapport.osal.lock import FileLock
 
 STATE_NAME = "lab.json"
@@ -183,26 +182,7 @@ def state_path(directory: Path) -> Path:
 
 def save(directory: Path, state: LabState) -> None:
     """Replace the state file so that a crash leaves the old or the new one, never a torn one."""
-    data = (state.model_dump_json(indent=2) + "\n").encode()
-    temp = directory / f".{STATE_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        temp.replace(state_path(directory))
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(state_path(directory), (state.model_dump_json(indent=2) + "\n").encode(), mode=0o600)
 
 
 def load(directory: Path) -> LabState:

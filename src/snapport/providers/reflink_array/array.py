@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from snapport.errors import (
 )
 from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
+from snapport.osal.atomic import write_atomically
 from snapport.osal.lock import FileLock
 from snapport.osal.runner import Runner, SubprocessRunner
 from snapport.providers import blockdev
@@ -54,12 +54,6 @@ _TEMP_PREFIX = f".{MANIFEST_NAME}.tmp-"
 _LUN_ID = re.compile(r"^[0-9a-f]{12}$")
 _SERIAL = re.compile(r"^SNP[0-9A-F]{12}$")
 _LOOP = re.compile(r"^/dev/loop\d+$")
-
-
-def _fault(point: str) -> None:
-    """Test-only fault injection (DESIGN §9): `SNAPPORT_FAULT=array.manifest:kill` dies before the rename."""
-    if os.environ.get("SNAPPORT_FAULT") == f"{point}:kill":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> str:
@@ -213,30 +207,6 @@ class _Manifest:
         return cls(array_id=array_id, created_at=str(raw.get("created_at", "")), luns=luns)
 
 
-def _write_atomically(directory: Path, name: str, data: bytes) -> None:
-    """Replace `directory/name` by `data` so that a reader (or a crash) sees the old or the new file, never a mix."""
-    temp = directory / f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fault("array.manifest")
-        temp.replace(directory / name)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)  # the rename itself must reach the disk
-    finally:
-        os.close(dir_fd)
-
-
 class _Transaction:
     """Lock, read the manifest, let the caller change it, write it back (only if the body did not raise)."""
 
@@ -264,7 +234,9 @@ class _Transaction:
     ) -> None:
         try:
             if exc_type is None:
-                _write_atomically(self.array.path, MANIFEST_NAME, self._manifest.to_bytes())
+                write_atomically(
+                    self.array.path / MANIFEST_NAME, self._manifest.to_bytes(), fault_point="array.manifest"
+                )
                 self.committed = True
         finally:
             self._lock.__exit__(exc_type, exc, tb)
@@ -321,7 +293,7 @@ class Array:
             if (path / MANIFEST_NAME).exists():
                 raise BadState(f"{path} is already an array (another process made it)")
             manifest = _Manifest(array_id=str(uuid.uuid4()), created_at=_now())
-            _write_atomically(path, MANIFEST_NAME, manifest.to_bytes())
+            write_atomically(path / MANIFEST_NAME, manifest.to_bytes(), fault_point="array.manifest")
         return cls(path, manifest.array_id, runner or SubprocessRunner())
 
     @classmethod
