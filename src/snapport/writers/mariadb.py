@@ -45,6 +45,7 @@ from snapport.writers.database_support import (
     statement_budget_s,
     volume_of,
 )
+from snapport.writers.watchdog import FreezeWindowWatchdog
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.mariadb")
 LOCKS = ("backup-stage", "ftwrl")
@@ -141,9 +142,7 @@ class MariadbWriter:
         self._conn: Any = None  # pymysql.Connection, held from prepare-snapshot to thaw
         self._datadir: Path | None = None  # the component's name, learnt in prepare-snapshot
         self._position: dict[str, object] = {}  # the binary log position read while frozen
-        self._watchdog: threading.Timer | None = None
-        self._generation = 0
-        self._expired_after: float | None = None
+        self._watchdog = FreezeWindowWatchdog(self._lock, self._release, lambda: self._conn is not None)
         self._aborted: uuid.UUID | None = None
 
     @property
@@ -259,17 +258,11 @@ class MariadbWriter:
                 "binlog_position": int(status[0][1]) if status else None,
                 "gtid_binlog_pos": str(gtid or ""),
             }
-            self._generation += 1
-            self._expired_after = None
-            self._watchdog = threading.Timer(
-                session.freeze_window_s, self._expire, args=(self._generation, session.freeze_window_s)
-            )
-            self._watchdog.daemon = True
-            self._watchdog.start()
+            self._watchdog.start(session.freeze_window_s)
 
     def thaw(self, session: Session, deadline: Deadline) -> None:
         with self._lock:
-            expired_after, self._expired_after = self._expired_after, None
+            expired_after = self._watchdog.take_expiry()
             self._release()
         if expired_after is not None:
             raise WriterError(
@@ -289,7 +282,7 @@ class MariadbWriter:
         """End the backup stage or read lock and close: the server runs as if no backup had started."""
         with self._lock:
             self._aborted = session.set_id
-            self._expired_after = None
+            self._watchdog.take_expiry()
             self._release()
 
     def backup_complete(self, session: Session, succeeded: Mapping[str, bool], deadline: Deadline) -> None:
@@ -318,7 +311,7 @@ class MariadbWriter:
 
     def backup_shutdown(self, session: Session, deadline: Deadline) -> None:
         with self._lock:
-            self._expired_after = None
+            self._watchdog.take_expiry()
             self._release()
 
     def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
@@ -365,9 +358,7 @@ class MariadbWriter:
 
     def _release(self) -> None:
         """End the backup stage or read lock, close, stop the watchdog (idempotent; call with the lock held)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.stop()
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -376,13 +367,6 @@ class MariadbWriter:
             cursor.execute("BACKUP STAGE END" if self.lock == "backup-stage" else "UNLOCK TABLES")
         with contextlib.suppress(Exception):  # already closed (the server went away)
             conn.close()
-
-    def _expire(self, generation: int, window_s: float) -> None:
-        """The watchdog: the freeze window ran out before thaw came."""
-        with self._lock:
-            if generation == self._generation and self._conn is not None:
-                self._release()
-                self._expired_after = window_s
 
     def __repr__(self) -> str:
         return f"MariadbWriter({str(self.socket)!r}, lock={self.lock!r}, host={self.host!r})"

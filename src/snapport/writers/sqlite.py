@@ -37,6 +37,7 @@ from snapport.model import (
 from snapport.model.paths import relative_to_volume
 from snapport.osal.mount import containing_mount
 from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.watchdog import FreezeWindowWatchdog
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.sqlite")
 CHECKPOINT_MODES = ("truncate", "restart", "full", "passive", "off")
@@ -152,9 +153,7 @@ class SqliteWriter:
         self.last_checkpoint: dict[str, tuple[int, int, int] | str] = {}  # db → (busy, log, checkpointed) or why
         self._lock = threading.Lock()  # events may come from several worker threads (an overrun one included)
         self._held: list[sqlite3.Connection] = []
-        self._watchdog: threading.Timer | None = None
-        self._generation = 0
-        self._expired_after: float | None = None
+        self._watchdog = FreezeWindowWatchdog(self._lock, self._release, lambda: bool(self._held))
         self._aborted: uuid.UUID | None = None
 
     @property
@@ -235,17 +234,11 @@ class SqliteWriter:
             except BaseException:
                 self._release()  # the locks already taken
                 raise
-            self._generation += 1
-            self._expired_after = None
-            self._watchdog = threading.Timer(
-                session.freeze_window_s, self._expire, args=(self._generation, session.freeze_window_s)
-            )
-            self._watchdog.daemon = True
-            self._watchdog.start()
+            self._watchdog.start(session.freeze_window_s)
 
     def thaw(self, session: Session, deadline: Deadline) -> None:
         with self._lock:
-            expired_after, self._expired_after = self._expired_after, None
+            expired_after = self._watchdog.take_expiry()
             self._release()
         if expired_after is not None:
             raise WriterError(
@@ -260,7 +253,7 @@ class SqliteWriter:
     def abort(self, session: Session, deadline: Deadline) -> None:
         with self._lock:
             self._aborted = session.set_id
-            self._expired_after = None
+            self._watchdog.take_expiry()
             self._release()
 
     def backup_complete(self, session: Session, succeeded: Mapping[str, bool], deadline: Deadline) -> None:
@@ -269,7 +262,7 @@ class SqliteWriter:
 
     def backup_shutdown(self, session: Session, deadline: Deadline) -> None:
         with self._lock:
-            self._expired_after = None
+            self._watchdog.take_expiry()
             self._release()
 
     def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
@@ -306,9 +299,7 @@ class SqliteWriter:
 
     def _release(self) -> None:
         """Roll back and close every held connection and stop the watchdog (idempotent; call with the lock held)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.stop()
         held, self._held = self._held, []
         for conn in reversed(held):
             try:
@@ -318,13 +309,6 @@ class SqliteWriter:
                 pass  # closing releases the locks all the same
             finally:
                 conn.close()
-
-    def _expire(self, generation: int, window_s: float) -> None:
-        """The watchdog: the freeze window ran out before thaw came."""
-        with self._lock:
-            if generation == self._generation and self._held:
-                self._release()
-                self._expired_after = window_s
 
     def __repr__(self) -> str:
         return f"SqliteWriter({[str(p) for p in self.databases]!r}, host={self.host!r})"
