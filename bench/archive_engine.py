@@ -106,7 +106,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "snapport-bench-archive")
-    parser.add_argument("--config", action="append", help="LEVEL:WORKERS (zstd level; zstd threads, a number or auto)")
+    parser.add_argument(
+        "--config", action="append", help="LEVEL:WORKERS (zstd level; compressing threads, a number or auto)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     configs = args.config or ["1:auto", "1:0", "3:auto"]

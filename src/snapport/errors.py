@@ -26,7 +26,11 @@ The tree (a leaf module: it imports nothing of ours, so every layer, the model i
     ├── CertificateError                CERTIFICATE_ERROR     21
     ├── AgentUnreachable                AGENT_UNREACHABLE     22
     ├── JobInterrupted                  JOB_INTERRUPTED       23
-    └── ConfigError                     CONFIG_ERROR          24
+    ├── ConfigError                     CONFIG_ERROR          24
+    ├── TargetNotEmpty                  TARGET_NOT_EMPTY      25
+    ├── RestoreIncomplete               RESTORE_INCOMPLETE    28
+    ├── UnsupportedOperation            UNSUPPORTED_OPERATION 29
+    └── DoctorFound                     DOCTOR_FOUND          30
 
 `docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module.
 """
@@ -216,6 +220,38 @@ class ConfigError(SnapportError):
     code = "CONFIG_ERROR"
     exit_code = 24
     advice = "fix the configuration file named in the message (docs/agent.md describes every key)"
+
+
+class DoctorFound(SnapportError):
+    """`snapport doctor` found leftovers the catalog and the machine disagree on (and, with --repair, some remain)."""
+
+    code = "DOCTOR_FOUND"
+    exit_code = 30
+    advice = "run `snapport doctor --repair`; what it leaves says why (docs/doctor.md)"
+
+
+class RestoreIncomplete(SnapportError):
+    """A restore failed after it had written files: the message names the step and what is left at the target."""
+
+    code = "RESTORE_INCOMPLETE"
+    exit_code = 28
+    advice = "the target holds a partial restore: fix the cause, then restore again with --overwrite (or remove it)"
+
+
+class UnsupportedOperation(SnapportError):
+    """The object cannot do what was asked at all (e.g. a provider that cannot revert): retrying will not help."""
+
+    code = "UNSUPPORTED_OPERATION"
+    exit_code = 29
+    advice = "this provider or object cannot do it; the message says what to do instead"
+
+
+class TargetNotEmpty(SnapportError):
+    """A restore was pointed at a directory that already holds files (and was not told to overwrite)."""
+
+    code = "TARGET_NOT_EMPTY"
+    exit_code = 25
+    advice = "restore into an empty directory, or pass --overwrite to replace what the restore writes"
 
 
 def all_error_classes() -> list[type[SnapportError]]:

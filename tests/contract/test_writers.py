@@ -25,7 +25,7 @@ from snapport.errors import SnapportError, WriterError
 from snapport.model import Attr, BackupType, Context, Volume
 from snapport.osal import ioctl
 from snapport.osal import mount as mnt
-from snapport.writers.base import Deadline, Session, Writer, WriterEvent, WriterState
+from snapport.writers.base import Deadline, RestoreContext, Session, Writer, WriterEvent, WriterState
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.registry import WRITERS, writer_from_spec
 from tests.integration.databases.servers import DATABASE_KINDS, database_case, database_filesystem
@@ -351,3 +351,21 @@ def test_guarded_writer_marks_a_failed_freeze(case: Case) -> None:
     assert _completes(case.probe())
     guarded.prepare_backup(case.session(), (), Deadline.after(EVENT_S))
     assert guarded.status.state is WriterState.STABLE and guarded.status.failed_at is None
+
+
+def test_restore_events_take_a_restore_context_and_leave_the_live_files_alone(case: Case, tmp_path: Path) -> None:
+    """pre_restore and post_restore with a context (a restore elsewhere, of no component of this writer) succeed,
+    are recorded, leave the writer stable, write nothing to the target and leave the live application working."""
+    guarded = GuardedWriter(case.writer)
+    target = tmp_path / "restore-target"
+    target.mkdir()
+    restore = RestoreContext(uuid.uuid4(), BackupType.FULL, target, ())
+    guarded.pre_restore(restore, Deadline.after(EVENT_S))
+    guarded.post_restore(restore, Deadline.after(EVENT_S))
+    assert [(r.event, r.ok) for r in guarded.records] == [
+        (WriterEvent.PRE_RESTORE, True),
+        (WriterEvent.POST_RESTORE, True),
+    ]
+    assert guarded.status.state is WriterState.STABLE
+    assert list(target.iterdir()) == []
+    assert _completes(case.probe())

@@ -39,7 +39,9 @@ CA_KEY = "ca.key"
 ROLE_URI_PREFIX = "urn:snapport:role:"
 CA_DAYS = 3650
 HOST_DAYS = 825
-_BACKDATE = timedelta(minutes=5)  # tolerate a little clock skew between the hosts
+# Valid from a day before issue: a host whose clock is behind (by up to a day) still accepts a certificate just
+# issued. With a few minutes, a proxy an hour behind refused every peer ("not yet valid") and its own certificate.
+_BACKDATE = timedelta(days=1)
 _E = TypeVar("_E", bound=x509.ExtensionType)
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 

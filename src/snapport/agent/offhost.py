@@ -37,9 +37,10 @@ from snapport.agent.service import Agent
 from snapport.catalog import Catalog, JobRecord, JobState
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host, run_dir
+from snapport.coordinator.reconcile import reconcile_quick
 from snapport.coordinator.session import BackupSession, CreatedSet, SessionOptions
 from snapport.documents import bcd_to_xml, load_documents, read_document, wmd_to_xml
-from snapport.engines import ArchiveEngine, Progress, SetDocuments, select_components
+from snapport.engines import DEFAULT_ENGINE, ENGINES, Progress, SetDocuments, get_engine, select_components
 from snapport.errors import (
     AccessDenied,
     AgentUnreachable,
@@ -51,6 +52,7 @@ from snapport.errors import (
     UsageError,
     all_error_classes,
 )
+from snapport.faults import inject
 from snapport.model import Attr, BackupComponents, Context, SetState, WriterMetadata
 from snapport.providers.registry import host_name
 
@@ -63,6 +65,7 @@ POLL_S = 0.5
 DATA_MINING_CONTEXT = Context.APP_ROLLBACK  # persistent: an auto-release set would go with the session that made it
 assert not DATA_MINING_CONTEXT.auto_release and DATA_MINING_CONTEXT.writers_involved
 STUCK_WORK_GRACE_S = 5.0  # how long a proxy waits for its work to stop after the lease is lost
+OFFHOST_DESCRIPTIONS = ("off-host backup", "off-host data mining")  # how a set made by `offhost-backup` is described
 
 
 # -- API models --------------------------------------------------------------------------------------------------
@@ -78,6 +81,12 @@ def _absolute(path: str) -> str:
     return path
 
 
+def _known_engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ValueError(f"unknown backup engine {name!r} (known: {', '.join(sorted(ENGINES))})")
+    return name
+
+
 class OffhostParams(_Model):
     """`offhost-backup` (on the production host): what to snapshot, which proxy backs it up, and where."""
 
@@ -85,6 +94,7 @@ class OffhostParams(_Model):
     writers: list[str] = Field(default_factory=list, max_length=64)
     proxy: str = Field(description="the proxy's HOST:PORT, one of this agent's peers")
     repo: str = Field(max_length=4096, description="the repository directory on the proxy")
+    engine: str = Field(DEFAULT_ENGINE, description="the backup engine on the proxy: archive or restic")
     lease_s: float | None = Field(None, gt=0, le=7 * 86400, description="default: lease_default_s")
     freeze_timeout_s: float = Field(60.0, gt=0, le=600)
     backup_session: bool = Field(
@@ -95,6 +105,7 @@ class OffhostParams(_Model):
 
     _repo = field_validator("repo")(classmethod(lambda cls, v: _absolute(v)))
     _volumes = field_validator("volumes")(classmethod(lambda cls, v: [_absolute(p) for p in v]))
+    _engine = field_validator("engine")(classmethod(lambda cls, v: _known_engine(v)))
 
 
 class ProxyParams(_Model):
@@ -104,8 +115,10 @@ class ProxyParams(_Model):
     source: str = Field(max_length=253)
     repo: str = Field(max_length=4096)
     lease_s: float = Field(gt=0, le=7 * 86400)
+    engine: str = Field(DEFAULT_ENGINE, description="the backup engine: archive or restic")
 
     _repo = field_validator("repo")(classmethod(lambda cls, v: _absolute(v)))
+    _engine = field_validator("engine")(classmethod(lambda cls, v: _known_engine(v)))
 
 
 class DocumentsBody(_Model):
@@ -206,6 +219,7 @@ async def get_documents(call: Call) -> DocumentsBody:
 
 async def renew(call: Call) -> LeaseView:
     set_id = call.ids["set_id"]
+    inject("lease.renew")
     handover = _handovers(call.agent).get(set_id)
     if handover is None:
         raise LeaseExpired(f"no backup session of this host waits for set {set_id} any more")
@@ -221,6 +235,7 @@ async def renew(call: Call) -> LeaseView:
 async def report_completion(call: Call) -> CompletionAck:
     set_id = call.ids["set_id"]
     report = call.body_as(CompletionReport)
+    inject("offhost.report-received")
     handover = _handovers(call.agent).get(set_id)
     if handover is None or handover.report.done():
         return CompletionAck(accepted=False)
@@ -281,10 +296,10 @@ def _create_set(agent: Agent, params: OffhostParams) -> CreatedSet:
     resolved = tuple(host.volume(v) for v in params.volumes)
     writers = [writer_from_spec(spec, resolved, host.name) for spec in params.writers]
     if params.backup_session:
-        context, modifiers, description = Context.BACKUP, Attr.TRANSPORTABLE, "off-host backup"
+        context, modifiers, description = Context.BACKUP, Attr.TRANSPORTABLE, OFFHOST_DESCRIPTIONS[0]
     else:  # the set must outlive the session that made it: an auto-release context would delete it at its end
         context, modifiers = DATA_MINING_CONTEXT, Attr.TRANSPORTABLE | Attr.ROLLBACK_RECOVERY
-        description = "off-host data mining"
+        description = OFFHOST_DESCRIPTIONS[1]
     options = SessionOptions(
         context=context,
         modifiers=modifiers,
@@ -332,20 +347,29 @@ def _end_session(
 
 async def run_offhost(context: JobContext, params: OffhostParams) -> JsonValue:
     agent = context.agent
+    inject("offhost.start")
     proxy = _proxy_name(agent.config, params.proxy)
     lease_s = params.lease_s or agent.config.lease_default_s
     await context.progress("snapshot")
     created = await context.run_blocking(_create_set, agent, params)
     snapshot_set = created.snapshot_set
     set_id = snapshot_set.id
-    lease = await agent.db.call(lambda c: c.grant_lease(set_id, proxy, lease_s))
+    try:
+        inject("lease.grant")
+        lease = await agent.db.call(lambda c: c.grant_lease(set_id, proxy, lease_s))
+    except Exception:  # nothing handed over yet: end the session here (a crash is left to `reconcile`)
+        await context.run_blocking(functools.partial(_end_session, agent, set_id, succeeded=False))
+        raise
     handover = _Handover(proxy, lease.id, asyncio.get_running_loop().create_future())
     _handovers(agent)[set_id] = handover
     log("offhost.handover", set=str(set_id), proxy=proxy, lease_s=lease_s, backup_session=params.backup_session)
     succeeded = handed_off = False
     try:
         await context.progress("handover")
-        proxy_params = ProxyParams(set_id=set_id, source=agent.config.host, repo=params.repo, lease_s=lease_s)
+        inject("offhost.handover")
+        proxy_params = ProxyParams(
+            set_id=set_id, source=agent.config.host, repo=params.repo, lease_s=lease_s, engine=params.engine
+        )
         job_id = uuid.uuid5(_JOB_NAMESPACE, str(set_id))
         async with AgentClient.for_peer(agent.config, agent.home, proxy, timeout_s=5.0) as client:
             await client.submit_job(PROXY_KIND, proxy_params.model_dump(mode="json"), job_id=job_id)
@@ -519,7 +543,7 @@ class _ProxyWork:
         context.progress_threadsafe("expose")
         lifecycle.expose(self.host, set_id)
         context.progress_threadsafe("backup")
-        engine = ArchiveEngine(Path(self.params.repo))
+        engine = get_engine(self.params.engine, Path(self.params.repo))
         result = engine.backup(
             documents,
             select_components(documents),
@@ -528,6 +552,7 @@ class _ProxyWork:
         )
         self._check()
         context.progress_threadsafe("verify")
+        inject("proxy.verify")
         verified = engine.verify(set_id, lambda _p: self._check())
         if not verified.intact:
             raise BadState(f"the backup of set {set_id} does not verify: {verified.problems[:3]}")
@@ -569,6 +594,8 @@ def release_imported(host: Host, set_id: uuid.UUID) -> bool:
         return False
     if Attr.IMPORTED not in known.attrs or known.state in (SetState.DELETED, SetState.ABORTED):
         return False
+    if known.state is SetState.IMPORTING:  # its import died half-way: rolled back (if the import lock is free)
+        return set_id in reconcile_quick(host)
     lifecycle.unexpose(host, set_id)
     lifecycle.delete(host, set_id)
     return True
@@ -581,6 +608,7 @@ async def _heartbeat(client: AgentClient, params: ProxyParams, lost: asyncio.Eve
     last_ok = time.monotonic()
     path = f"/v1/sets/{params.set_id}/lease"
     while True:
+        inject("proxy.heartbeat")
         try:
             await asyncio.wait_for(client.call("POST", path, response=LeaseView), timeout=interval * 2)
             last_ok = time.monotonic()
@@ -638,6 +666,7 @@ def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
 async def run_proxy(context: JobContext, params: ProxyParams) -> JsonValue:
     agent = context.agent
+    inject("proxy.start")
     work = _ProxyWork(context, params)
     lost, why = asyncio.Event(), list[str]()
     async with AgentClient.for_peer(agent.config, agent.home, params.source, timeout_s=10.0) as client:
@@ -669,6 +698,7 @@ async def run_proxy(context: JobContext, params: ProxyParams) -> JsonValue:
         finally:
             heartbeat.cancel()
         await context.progress("report")
+        inject("proxy.report")
         if not lost.is_set() and report is not None:
             accepted = await _report(client, params, report)
             if not accepted and failure is None:
@@ -684,21 +714,61 @@ async def run_proxy(context: JobContext, params: ProxyParams) -> JsonValue:
 
 async def reconcile(agent: Agent, interrupted: Sequence[JobRecord]) -> None:
     """After a crash: the proxy unexposes and deletes the sets its lost `proxy-backup` jobs held and reports their
-    failure; the production host ends every session whose lease it still keeps (no BackupComplete)."""
+    failure (and releases what a failed job could not); the production host ends every session whose lease it
+    still keeps, and of every set an off-host job made but never handed over (no BackupComplete)."""
     import json  # noqa: PLC0415
 
     for job in interrupted:
         if job.kind != PROXY_KIND:
             continue
         params = ProxyParams.model_validate(json.loads(job.params_json))
-        released = await asyncio.to_thread(release_imported, _host(agent), params.set_id)
-        log("proxy.reconciled", set=str(params.set_id), job=str(job.id), released=released)
+        await _release_at_start(agent, params.set_id, job=str(job.id))
         asyncio.get_running_loop().create_task(_report_lost(agent, params))
+    for set_id in await agent.db.call(_still_held):
+        await _release_at_start(agent, set_id)
     leases = await agent.db.call(lambda c: [x for x in c.leases() if x.released_at is None])
     for lease in leases:
         await asyncio.to_thread(functools.partial(_end_session, agent, lease.set_id, succeeded=False))
         await agent.db.call(functools.partial(_release_lease, lease_id=lease.id))
         log("offhost.reconciled", set=str(lease.set_id), proxy=lease.holder)
+    for set_id in await agent.db.call(_unhanded_sets):
+        await asyncio.to_thread(functools.partial(_end_session, agent, set_id, succeeded=False))
+        log("offhost.reconciled", set=str(set_id), proxy=None)
+
+
+async def _release_at_start(agent: Agent, set_id: uuid.UUID, job: str | None = None) -> None:
+    """`release_imported` at the agent's start; a failure is logged, never keeps the agent from starting (what
+    is left is `snapport doctor`'s)."""
+    try:
+        released = await asyncio.to_thread(release_imported, _host(agent), set_id)
+    except SnapportError as exc:
+        log("proxy.reconcile-failed", level=40, set=str(set_id), job=job, error=exc.code, message=exc.message)
+        return
+    log("proxy.reconciled", set=str(set_id), job=job, released=released)
+
+
+def _still_held(catalog: Catalog) -> list[uuid.UUID]:
+    """The sets this proxy imported for a `proxy-backup` job and still holds, although no job runs (at the start of
+    the agent): their job failed without releasing them (its clean-up failed too)."""
+    import json  # noqa: PLC0415
+
+    jobs = {uuid.UUID(json.loads(j.params_json)["set_id"]) for j in catalog.list_jobs(kind=PROXY_KIND)}
+    return [
+        s.id
+        for s in catalog.list_sets({SetState.IMPORTING, SetState.CREATED, SetState.EXPOSED, SetState.DELETING})
+        if s.id in jobs and Attr.IMPORTED in s.attrs
+    ]
+
+
+def _unhanded_sets(catalog: Catalog) -> list[uuid.UUID]:
+    """The sets an `offhost-backup` job made here and that no live lease hands to a proxy: their job died before
+    the handover (or after its end) and, with no agent job running yet, nobody else will end their session."""
+    leased = {lease.set_id for lease in catalog.leases() if lease.released_at is None}
+    return [
+        s.id
+        for s in catalog.list_sets({SetState.CREATED, SetState.EXPOSED})
+        if s.description in OFFHOST_DESCRIPTIONS and Attr.IMPORTED not in s.attrs and s.id not in leased
+    ]
 
 
 def _release_lease(catalog: Catalog, *, lease_id: uuid.UUID) -> None:

@@ -25,10 +25,11 @@ from snapport.agent.openapi import OPENAPI, openapi_document
 from snapport.agent.service import Agent
 from snapport.agent.tls import server_context
 from snapport.catalog import Catalog
-from snapport.errors import BadState, CertificateError, SetInProgress
+from snapport.errors import BadState, CertificateError, SetInProgress, SnapportError
 from snapport.osal.lock import FileLock
 
 REQUEST_DRAIN_S = 5.0  # how long stopping waits for requests in flight
+REPORT_WAIT_S = 15.0  # how long an offline recovery waits for its failure reports to reach the other hosts
 _EXPIRY_WARNING = timedelta(days=30)
 
 
@@ -94,6 +95,7 @@ async def _serve(agent: Agent, ssl_context: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await agent_registry.reconcile(agent, await agent.jobs.recover())
+    await asyncio.to_thread(reconcile_machine, agent)
     config = agent.config
     runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False, shutdown_timeout=REQUEST_DRAIN_S)
     await runner.setup()
@@ -119,6 +121,45 @@ async def _serve(agent: Agent, ssl_context: Any) -> None:
         with contextlib.suppress(Exception):
             await runner.cleanup()
     log("agent.stopped")
+
+
+def reconcile_machine(agent: Agent) -> None:
+    """At start, once jobs and leases are recovered: bring the machine in line with the catalog (docs/doctor.md),
+    before any request is served. Each finding and what was done is logged."""
+    from snapport.coordinator.host import Host, run_dir  # noqa: PLC0415
+    from snapport.coordinator.reconcile import reconcile  # noqa: PLC0415
+    from snapport.providers.registry import host_name  # noqa: PLC0415
+
+    host = Host(name=host_name(), home=agent.home, catalog=agent.catalog, run_dir=run_dir())
+    try:
+        report = reconcile(host, repair=True, agent_running=True)
+    except SnapportError as exc:  # the agent still starts: `snapport doctor` shows what is left
+        log("reconcile.failed", level=40, error=exc.code, message=exc.message)
+        return
+    for repair in report.repaired:
+        log("reconcile.repaired", kind=repair.kind, object=repair.object, action=repair.action)
+    for left in report.left:
+        log("reconcile.left", level=30, kind=left.kind, object=left.object, detail=left.detail)
+
+
+def recover_offline(config: AgentConfig, home: Path, catalog: Catalog) -> None:
+    """The agent's start-up recovery of its jobs and leases, for a home whose agent is not running (`snapport
+    doctor --repair`): the interrupted jobs are failed, each protocol cleans up after them and tells the other
+    host. Refused (`BadState`) if an agent runs."""
+    with _one_agent(home):
+        agent = Agent(config, home, catalog, agent_registry.job_kinds())
+        try:
+            asyncio.run(_recover(agent))
+        finally:
+            agent.close()
+
+
+async def _recover(agent: Agent) -> None:
+    await agent_registry.reconcile(agent, await agent.jobs.recover())
+    current = asyncio.current_task()
+    reports = [task for task in asyncio.all_tasks() if task is not current]  # failure reports to other hosts
+    if reports:
+        await asyncio.wait(reports, timeout=REPORT_WAIT_S)
 
 
 def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -47,7 +47,18 @@ class Env:
 
     @property
     def host(self) -> Host:
-        """This host as the coordinator sees it (name from `$SNAPPORT_HOST`, else the system's)."""
+        """This host as the coordinator sees it (name from `$SNAPPORT_HOST`, else the system's), for a verb that
+        changes state: the cheap part of reconciliation runs first (sets whose creating or importing process died
+        are rolled back; docs/doctor.md)."""
+        from snapport.coordinator.reconcile import reconcile_quick  # noqa: PLC0415
+
+        if self._host is None:
+            reconcile_quick(self.host_as_is)
+        return self.host_as_is
+
+    @property
+    def host_as_is(self) -> Host:
+        """This host, without reconciling anything first (`snapport doctor` must change nothing unless asked)."""
         from snapport.coordinator.host import Host, run_dir  # noqa: PLC0415
         from snapport.providers.registry import host_name  # noqa: PLC0415
 

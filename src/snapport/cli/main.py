@@ -41,6 +41,9 @@ VERBS = {
     "lab": "snapport.cli.lab:lab",
     "offhost-backup": "snapport.cli.offhost:offhost_backup",
     "demo": "snapport.cli.demo:demo",
+    "restore": "snapport.cli.restore:restore",
+    "revert": "snapport.cli.restore:revert",
+    "doctor": "snapport.cli.doctor:doctor",
 }
 
 

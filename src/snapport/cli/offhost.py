@@ -22,7 +22,9 @@ from snapport.cli.env import Env, json_option, pass_env
 @click.option("--proxy", required=True, metavar="HOST:PORT", help="The proxy's agent (systemTwo), a peer of source.")
 @click.option("--volume", "volumes", required=True, multiple=True, metavar="PATH", help="A volume's mount point.")
 @click.option("--writer", "writer_specs", multiple=True, metavar="SPEC", help="KIND:TARGET[,key=value...]")
-@click.option("--repo", required=True, metavar="PATH", help="The archive repository directory on the proxy.")
+@click.option("--repo", required=True, metavar="PATH", help="The repository directory on the proxy.")
+@click.option("--engine", type=click.Choice(["archive", "restic"]), default="archive", show_default=True,
+              help="The backup engine on the proxy (restic: incremental, parent found by host and paths).")  # fmt: skip
 @click.option("--lease", "lease_s", type=click.FloatRange(1, 7 * 86400), default=None, metavar="SECONDS",
               help="The proxy's lease [default: the source agent's lease_default_s].")  # fmt: skip
 @click.option("--freeze-timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True, metavar="SECONDS")
@@ -39,6 +41,7 @@ def offhost_backup(
     volumes: tuple[str, ...],
     writer_specs: tuple[str, ...],
     repo: str,
+    engine: str,
     lease_s: float | None,
     freeze_timeout: float,
     no_backup_session: bool,
@@ -56,6 +59,7 @@ def offhost_backup(
         "writers": list(writer_specs),
         "proxy": proxy,
         "repo": repo,
+        "engine": engine,
         "lease_s": lease_s,
         "freeze_timeout_s": freeze_timeout,
         "backup_session": not no_backup_session,

@@ -10,7 +10,7 @@ import click
 
 from snapport.cli.env import json_option
 from snapport.cli.output import emit_json, table
-from snapport.engines import ArchiveEngine, Engine
+from snapport.engines import ENGINES, Engine, get_engine
 from snapport.errors import ObjectNotFound, UsageError
 
 repo_option = click.option(
@@ -20,6 +20,22 @@ repo_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="The backup repository (a directory).",
 )
+
+
+engine_option = click.option(
+    "--engine",
+    "engine_name",
+    type=click.Choice(sorted(ENGINES)),
+    default=None,
+    help="The repository's backup engine [default: recognised from the repository].",
+)
+
+
+def open_repository(repo: Path, engine_name: str | None) -> Engine:
+    """The engine of `repo`: the one named, else restic if the directory is a restic repository, else archive."""
+    if engine_name is None:
+        engine_name = "restic" if (repo / "config").is_file() and (repo / "keys").is_dir() else "archive"
+    return get_engine(engine_name, repo)
 
 
 def resolve_set(engine: Engine, set_id: str) -> uuid.UUID:
@@ -51,11 +67,12 @@ def _size(n: int) -> str:
 @click.command("verify")
 @repo_option
 @click.option("--set", "set_id", required=True, metavar="ID", help="The set's id (or a unique prefix).")
+@engine_option
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, repo: Path, set_id: str, as_json: bool) -> None:
+def verify(ctx: click.Context, repo: Path, set_id: str, engine_name: str | None, as_json: bool) -> None:
     """Re-read a backed-up set and check every file against its digest: exit 0 intact, 1 damaged (says what)."""
-    engine = ArchiveEngine(repo)
+    engine = open_repository(repo, engine_name)
     report = engine.verify(resolve_set(engine, set_id))
     if as_json:
         emit_json(
@@ -80,10 +97,11 @@ def verify(ctx: click.Context, repo: Path, set_id: str, as_json: bool) -> None:
 
 @click.command("backups")
 @repo_option
+@engine_option
 @json_option
-def backups(repo: Path, as_json: bool) -> None:
+def backups(repo: Path, engine_name: str | None, as_json: bool) -> None:
     """List the sets backed up in a repository."""
-    sets = ArchiveEngine(repo).list()
+    sets = open_repository(repo, engine_name).list()
     if as_json:
         emit_json({"sets": sets})
         return

@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -30,6 +30,7 @@ from snapport.errors import (
     SnapportError,
     UsageError,
 )
+from snapport.faults import inject
 from snapport.model import Attr, BackupComponents, BackupType, SetState, Snapshot, SnapshotSet
 from snapport.model.paths import relative_to_volume
 from snapport.osal import mount as mnt
@@ -59,6 +60,7 @@ def import_snapshot_set(host: Host, bcd: BackupComponents, *, cluster_check: boo
     description = bcd.snapshot_set
     catalog = host.catalog
     with host.lock("import", timeout_s=IMPORT_LOCK_WAIT_S, what="the import lock"):
+        inject("set.import")
         try:
             existing = catalog.get_set(description.set_id)
         except ObjectNotFound:
@@ -180,6 +182,7 @@ def expose(host: Host, set_id: uuid.UUID, at: Path | None = None) -> dict[str, s
         raise BadState(f"set {set_id} is {snapshot_set.state.value}; only a created set can be exposed")
     if Attr.CLIENT_ACCESSIBLE in snapshot_set.attrs:
         raise BadState(f"set {set_id} is client-accessible; such copies are never exposed")
+    inject("set.expose")
     base = (at or host.run_dir / str(set_id)).absolute()
     exposed: list[tuple[Snapshot, Path]] = []
     try:
@@ -209,6 +212,7 @@ def _unexpose_one(host: Host, snapshot: Snapshot, target: Path) -> None:
 
 def unexpose(host: Host, set_id: uuid.UUID) -> SnapshotSet:
     """Unmount every exposed snapshot of the set; idempotent."""
+    inject("set.unexpose")
     snapshot_set = host.catalog.get_set(set_id)
     for snapshot in snapshot_set.snapshots:
         if snapshot.exposed_at:
@@ -249,6 +253,7 @@ def delete(host: Host, set_id: uuid.UUID) -> SnapshotSet:
     snapshot_set = catalog.get_set(set_id)
     if snapshot_set.state is SetState.DELETED:
         return snapshot_set
+    inject("set.delete")
     if snapshot_set.state is not SetState.DELETING:
         snapshot_set = catalog.transition(set_id, SetState.DELETING)
     for snapshot in snapshot_set.snapshots:
@@ -354,3 +359,70 @@ def _quietly(host: Host, set_id: uuid.UUID, step: Callable[[], object]) -> None:
         step()
     except Exception as exc:
         host.catalog.record_event(set_id, "cleanup-step-failed", str(exc))
+
+
+# -- revert (VSS: RevertToSnapshot) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RevertedVolume:
+    volume: str  # the original volume's mount point
+    device: str  # its device (unmounted; mount it again to see the snapshot's content)
+    snapshot_id: uuid.UUID
+
+
+def revert(host: Host, set_id: uuid.UUID, *, volumes: Sequence[str] = ()) -> list[RevertedVolume]:
+    """Roll original volumes back to a persistent set's snapshots (all, or the `volumes` named), in place.
+
+    Only for a set this host made, whose providers can revert; every chosen volume must be unmounted. Everything
+    is checked for every volume before any is reverted, and each revert is recorded in the set's event log.
+    """
+    from snapport.errors import ProviderVeto, UnsupportedOperation  # noqa: PLC0415
+
+    catalog = host.catalog
+    snapshot_set = catalog.get_set(set_id)
+    if Attr.IMPORTED in snapshot_set.attrs:
+        raise BadState(f"set {set_id} was imported here; revert it on the host that made it")
+    if Attr.PERSISTENT not in snapshot_set.attrs:
+        raise BadState(f"set {set_id} is not persistent; only a persistent set (e.g. --context app-rollback) reverts")
+    if snapshot_set.state not in (SetState.CREATED, SetState.EXPOSED):
+        raise BadState(f"set {set_id} is {snapshot_set.state.value}; only a created set can be reverted to")
+    chosen = list(snapshot_set.snapshots)
+    if volumes:
+        wanted = {mnt_point: os.path.realpath(mnt_point) for mnt_point in volumes}
+        by_volume = {s.volume.mount_point: s for s in snapshot_set.snapshots}
+        unknown = [given for given, real in wanted.items() if given not in by_volume and real not in by_volume]
+        if unknown:
+            raise UsageError(
+                f"set {set_id} has no snapshot of {', '.join(unknown)}; its volumes: {', '.join(sorted(by_volume))}"
+            )
+        chosen = [s for m, s in by_volume.items() if m in wanted or m in wanted.values()]
+    for snapshot in chosen:
+        provider = host.provider(snapshot.locator.provider)
+        if not provider.capabilities.can_revert:
+            raise UnsupportedOperation(
+                f"provider {provider.name} cannot revert {snapshot.volume.mount_point} to a snapshot; restore its "
+                f"files instead (snapport expose {set_id}, or snapport restore from a backup of the set)"
+            )
+    for snapshot in chosen:
+        device = snapshot.volume.device
+        held = [m.mount_point for m in mnt.mounts() if device and m.source == device]
+        if held:
+            raise ProviderVeto(
+                f"{snapshot.volume.mount_point} ({device}) is mounted at {', '.join(held)}; stop what uses it, "
+                f"unmount it (umount {held[0]}), run `snapport revert {set_id}` again, then mount it back"
+            )
+    catalog.record_event(set_id, "revert-started", ", ".join(s.volume.mount_point for s in chosen))
+    reverted: list[RevertedVolume] = []
+    for snapshot in chosen:
+        try:
+            host.provider(snapshot.locator.provider).revert(snapshot.locator, snapshot.volume)
+        except SnapportError as exc:
+            done = ", ".join(r.volume for r in reverted) or "none"
+            catalog.record_event(set_id, "revert-failed", f"{snapshot.volume.mount_point}: {exc.message}")
+            raise type(exc)(
+                f"reverting {snapshot.volume.mount_point} failed: {exc.message} (volumes already reverted: {done})"
+            ) from exc
+        catalog.record_event(set_id, "reverted", f"{snapshot.volume.mount_point} to snapshot {snapshot.id}")
+        reverted.append(RevertedVolume(snapshot.volume.mount_point, snapshot.volume.device, snapshot.id))
+    return reverted

@@ -262,12 +262,14 @@ class BackupSession:
         wmds = {w.writer_id: wmds[w.writer_id] for w in writers}  # without the writers left out
         groups = self._requests()
         for provider, requests in groups.items():
+            inject("provider.prepare")
             provider.prepare(requests)
 
         catalog.transition(self.set_id, SetState.SNAPSHOTTING)
         locators = self._freeze_commit_thaw(session, writers, groups)
 
         for provider, requests in groups.items():
+            inject("provider.post-commit")  # thawed, the snapshots taken
             provider.post_commit(requests, locators)
         created_at = datetime.now(UTC)
         for snapshot_id, _volume, _provider in self._volumes:

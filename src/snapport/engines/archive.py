@@ -14,7 +14,9 @@ Layout (format 1)::
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -22,9 +24,12 @@ import os
 import secrets
 import shutil
 import tarfile
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
@@ -36,8 +41,8 @@ from snapport.engines.archive_format import (
     ARCHIVE_FILE,
     ENGINE_NAME,
     ENTRY_TYPES,
-    FORMAT_VERSION,
     MANIFEST_FILE,
+    REPOSITORY_FORMAT,
     SET_FILE,
     Hasher,
     Manifest,
@@ -48,14 +53,18 @@ from snapport.engines.archive_format import (
     default_digest_algorithm,
     digest_bytes,
     field,
+    member_data_map,
     member_mtime_ns,
     member_name,
+    member_xattrs,
     new_hasher,
     tar_header,
 )
+from snapport.engines.archive_restore import Restore, prepare_target, target_parts
 from snapport.engines.base import (
     BackupResult,
     Capabilities,
+    ComponentKey,
     ComponentResult,
     ComponentSource,
     PathMapper,
@@ -64,6 +73,7 @@ from snapport.engines.base import (
     ProblemKind,
     Progress,
     ProgressCallback,
+    RestoreResult,
     SetDocuments,
     SetSummary,
     VerifyReport,
@@ -81,8 +91,18 @@ MARKER_FILE = "snapport-repository.json"
 SETS_DIR = "sets"
 TMP_PREFIX = ".tmp-"
 CHUNK = 1 << 20
-DEFAULT_LEVEL = 1  # ~30% less CPU than zstd's default 3 for 1-2% more bytes on mixed data (bench/archive_engine.py)
+DEFAULT_LEVEL = 1  # half the CPU of zstd's default 3; negative levels gain little speed for many more bytes (docs)
 PUBLISH_LOCK_WAIT_S = 60.0
+SMALL_FILE = 256 << 10  # read whole by the read-ahead pool; larger files are streamed by the engine's own thread
+READ_AHEAD_BYTES = 64 << 20  # how far the pool may run ahead of the archive, in content bytes
+READ_AHEAD_BATCHES = 64  # batches of entries the pool may hold ready or in progress
+BATCH_FILES = 64  # entries per read-ahead task, at most
+BATCH_BYTES = 2 << 20  # content bytes per read-ahead task, at most (a larger file is a batch of its own)
+READERS = 4  # read-ahead threads: enough to keep a cold device busy with small files
+SEGMENT = 4 << 20  # tar bytes per zstd frame: ~1% more bytes than one frame, and frames compress in parallel
+WRITE_BACK = 64 << 20  # archive bytes between two writeback kicks
+COMPRESSION_MODES = ("adaptive", "fixed")  # adaptive: frames step down from `level` while zstd is behind the read
+ADAPT_LEVELS = (3, 1, -1, -3, -5, -10, -20)  # the steps an adaptive backup takes below its level (docs/engines.md)
 _FILE_MODE = 0o600  # a backup holds every secret of the volume it copies
 _DIR_MODE = 0o700
 _BLOCK = tarfile.BLOCKSIZE
@@ -92,44 +112,123 @@ _RECORD = tarfile.RECORDSIZE
 # -- streams -----------------------------------------------------------------------------------------------------
 
 
-class _ArchiveSink:
-    """Tar bytes in, one zstd frame out to `raw`; the compressed bytes are digested and counted as they go."""
+class _FrameSink:
+    """Tar bytes in; out to `raw`, one zstd frame (with its content checksum) per `SEGMENT` of tar. Frames are
+    independent, so a pool of `workers` threads compresses them side by side (zstd releases the GIL) while the caller
+    reads on; they are written, digested and counted in order. Concatenated frames are one zstd stream to every
+    reader (`zstd -d`, `tar --zstd`, `ZstdFile`). A caller may read straight into `space()` and `advance()`.
 
-    def __init__(self, raw: IO[bytes], compressor: ZstdCompressor, hasher: Hasher) -> None:
+    With `adapt`, compression keeps pace with the read (as `zstd --adapt` does): when the caller has to wait for the
+    oldest frame, the next frames go one step down `ADAPT_LEVELS` (never below its last); when no frame is left in
+    flight, the pool waits for data, and the next frames go one step back up, never above `level`."""
+
+    def __init__(self, raw: IO[bytes], level: int, workers: int, hasher: Hasher, *, adapt: bool = False) -> None:
         self._raw = raw
-        self._compressor = compressor
         self._hasher = hasher
-        self._pending = bytearray()
+        self._levels = [level] + [lower for lower in ADAPT_LEVELS if lower < level] if adapt and workers else [level]
+        self._step = 0  # index in `_levels` of the level the next frame gets
+        self.frame_levels: dict[int, int] = {}  # level -> frames compressed at it
+        self._local = threading.local()
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="snapport-zstd") if workers > 0 else None
+        )
+        self._in_flight: deque[concurrent.futures.Future[tuple[bytes, bytearray]]] = deque()
+        self._max_in_flight = 2 * workers
+        self._spare: list[bytearray] = []
+        self._buffer = bytearray(SEGMENT)
+        self._view = memoryview(self._buffer)
+        self._fill = 0
+        self._written_back = 0
         self.tar_bytes = 0
         self.stored_bytes = 0
 
-    def write(self, data: bytes | memoryview) -> None:
-        self.tar_bytes += len(data)
-        if len(data) >= CHUNK // 4:
-            self._flush_pending()
-            self._emit(self._compressor.compress(data))
-            return
-        self._pending += data  # headers and small files are batched: zstd is called per MiB, not per block
-        if len(self._pending) >= CHUNK:
-            self._flush_pending()
+    def __enter__(self) -> _FrameSink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Stop the pool; frames not yet written are dropped (the caller removes the unfinished archive)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._in_flight.clear()
+
+    def write(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = min(len(view), SEGMENT - self._fill)
+            self._view[self._fill : self._fill + n] = view[:n]
+            view = view[n:]
+            self.advance(n)
+
+    def space(self) -> memoryview:
+        """The free part of the current segment (never empty), to read into; then `advance` by what was read."""
+        return self._view[self._fill :]
+
+    def advance(self, n: int) -> None:
+        self._fill += n
+        self.tar_bytes += n
+        if self._fill == SEGMENT:
+            self._cut()
 
     def finish(self) -> None:
-        """The end-of-archive marker (two zero blocks), padding to a whole record, and the end of the frame."""
+        """The end-of-archive marker (two zero blocks), padding to a whole record, and every frame written."""
         end = 2 * _BLOCK
         self.write(bytes(end + (-(self.tar_bytes + end) % _RECORD)))
-        self._flush_pending()
-        self._emit(self._compressor.flush())
+        if self._fill:
+            self._cut()
+        self._drain(0)
 
-    def _flush_pending(self) -> None:
-        if self._pending:
-            self._emit(self._compressor.compress(self._pending))
-            self._pending.clear()
+    def _cut(self) -> None:
+        """Hand the full segment to the pool (or compress it here) and start the next one."""
+        buffer, length = self._buffer, self._fill
+        self._view.release()
+        self._buffer = self._spare.pop() if self._spare else bytearray(SEGMENT)
+        self._view = memoryview(self._buffer)
+        self._fill = 0
+        level = self._levels[self._step]
+        self.frame_levels[level] = self.frame_levels.get(level, 0) + 1
+        if self._pool is None:
+            self._emit(self._compress(buffer, length, level)[0])
+            return
+        if not self._in_flight and self._step > 0:
+            self._step -= 1  # every frame was done before the next was ready: the pool has time to spare
+        self._in_flight.append(self._pool.submit(self._compress, buffer, length, level))
+        self._drain(self._max_in_flight)
+
+    def _compress(self, buffer: bytearray, length: int, level: int) -> tuple[bytes, bytearray]:
+        """Run in the pool: one whole frame in one call (zstd sizes its output from the input at once)."""
+        compressors: dict[int, ZstdCompressor] | None = getattr(self._local, "compressors", None)
+        if compressors is None:
+            compressors = self._local.compressors = {}
+        compressor = compressors.get(level)
+        if compressor is None:  # one per thread and level, reused: a finished frame leaves it ready for the next
+            options: dict[int, int] = {
+                CompressionParameter.compression_level: level,
+                CompressionParameter.checksum_flag: 1,  # zstd checks each frame's content on decompression
+            }
+            compressor = compressors[level] = ZstdCompressor(options=options)
+        with memoryview(buffer) as view:
+            return compressor.compress(view[:length], ZstdCompressor.FLUSH_FRAME), buffer
+
+    def _drain(self, keep: int) -> None:
+        """Write the finished frames at the head of the queue; wait for the oldest while more than `keep` are out."""
+        if keep and len(self._in_flight) > keep and not self._in_flight[0].done():
+            self._step = min(self._step + 1, len(self._levels) - 1)  # the read waits for zstd: compress faster
+        while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0].done()):
+            out, buffer = self._in_flight.popleft().result()
+            self._spare.append(buffer)
+            self._emit(out)
 
     def _emit(self, out: bytes) -> None:
-        if out:
-            self._raw.write(out)
-            self._hasher.update(out)
-            self.stored_bytes += len(out)
+        self._raw.write(out)
+        self._hasher.update(out)
+        self.stored_bytes += len(out)
+        if self.stored_bytes - self._written_back >= WRITE_BACK:
+            # Linux starts writeback of the range (without waiting) and drops its clean pages: the archive goes
+            # to disk while the backup runs instead of all at the final fsync, and does not crowd the page cache.
+            self._raw.flush()
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._raw.fileno(), 0, self.stored_bytes, os.POSIX_FADV_DONTNEED)
+            self._written_back = self.stored_bytes
 
 
 class _HashingReader:
@@ -268,17 +367,188 @@ def _locked_dir(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+# -- reading the exposed copy -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What the read-ahead pool prepared for one entry: its xattrs, a sparse file's data map, and either a small
+    file's whole content with its digest, or an open descriptor for the engine's own thread to stream."""
+
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    data_map: tuple[tuple[int, int], ...] | None = None
+    fd: int | None = None
+    data: bytes | None = None
+    digest: str = ""
+
+
+_ZEROS = bytes(CHUNK)
+_PLAIN = _Loaded()
+_NO_XATTRS = (errno.ENOTSUP, errno.EPERM, errno.EACCES)
+
+
+def _digest_zeros(hasher: Hasher, count: int) -> None:
+    while count > 0:
+        hasher.update(_ZEROS[: min(count, CHUNK)])
+        count -= CHUNK
+
+
+def read_xattrs(source: int | Path) -> tuple[tuple[str, bytes], ...]:
+    """Every extended attribute of an open file or (not followed) path that this process may read, by name:
+    user., trusted. and security. ones, and POSIX ACLs as system.posix_acl_access / _default."""
+    follow = isinstance(source, int)  # an fd: the flag must stay True; a path: never follow a link
+    try:
+        names = os.listxattr(source, follow_symlinks=follow)
+        found = []
+        for name in sorted(names):
+            try:
+                found.append((name, os.getxattr(source, name, follow_symlinks=follow)))
+            except OSError as exc:
+                if exc.errno not in (errno.ENODATA, *_NO_XATTRS):
+                    raise
+        return tuple(found)
+    except OSError as exc:
+        if exc.errno in _NO_XATTRS:
+            return ()  # a filesystem without xattrs, or one this process may not list
+        raise SystemCommandError(f"cannot read the extended attributes of {source}: {exc.strerror}") from None
+
+
+def data_map(fd: int, size: int) -> tuple[tuple[int, int], ...] | None:
+    """A file's data extents from SEEK_DATA/SEEK_HOLE, or None when it has no hole."""
+    extents: list[tuple[int, int]] = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
+                break
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end - start))
+        offset = end
+    return None if extents == [(0, size)] else tuple(extents)
+
+
+class _ReadAhead:
+    """The entries' `_Loaded`s in order, prepared by a small pool of threads up to a bounded distance ahead, in
+    batches of consecutive entries (one task per entry costs more in handing over than a small file's read)."""
+
+    def __init__(self, entries: Sequence[Entry], algorithm: str) -> None:
+        self._entries = entries
+        self._algorithm = algorithm
+        self._pool = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="snapport-read")
+        self._pending: deque[tuple[int, concurrent.futures.Future[list[_Loaded]]]] = deque()  # (bytes, batch)
+        self._ready: deque[_Loaded] = deque()
+        self._submitted = 0
+        self._bytes_ahead = 0
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for _size, future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        # files opened for entries the backup never reached
+        loaded = [*self._ready]
+        for _size, future in self._pending:
+            if not future.cancelled() and future.exception() is None:
+                loaded += future.result()
+        for item in loaded:
+            if item.fd is not None:
+                os.close(item.fd)
+        self._pending.clear()
+        self._ready.clear()
+
+    def next(self) -> _Loaded:
+        if not self._ready:
+            self._submit()
+            size, future = self._pending.popleft()
+            self._bytes_ahead -= size
+            self._ready.extend(future.result())
+        return self._ready.popleft()
+
+    def _submit(self) -> None:
+        entries = self._entries
+        while self._submitted < len(entries) and len(self._pending) < READ_AHEAD_BATCHES:
+            if self._pending and self._bytes_ahead >= READ_AHEAD_BYTES:
+                break
+            first = self._submitted
+            size = 0
+            while self._submitted < len(entries) and self._submitted - first < BATCH_FILES and size < BATCH_BYTES:
+                entry = entries[self._submitted]
+                size += entry.size if entry.type is EntryType.FILE else 0
+                self._submitted += 1
+            batch = entries[first : self._submitted]
+            self._pending.append((size, self._pool.submit(_load_batch, batch, self._algorithm)))
+            self._bytes_ahead += size
+
+
+def _load_batch(entries: Sequence[Entry], algorithm: str) -> list[_Loaded]:
+    """Run in the read-ahead pool; on a failure, the descriptors this batch opened are closed."""
+    loaded: list[_Loaded] = []
+    try:
+        for entry in entries:
+            loaded.append(_load(entry, algorithm))
+    except BaseException:
+        for item in loaded:
+            if item.fd is not None:
+                os.close(item.fd)
+        raise
+    return loaded
+
+
+def _load(entry: Entry, algorithm: str) -> _Loaded:
+    """Open (checked), xattrs, holes, and a small file's content and digest."""
+    if entry.type is EntryType.HARDLINK:
+        return _Loaded()  # the inode's xattrs are stored with its first name
+    if entry.type is not EntryType.FILE:
+        return _Loaded(read_xattrs(entry.source))
+    fd = open_checked(entry.source, entry.dev, entry.ino)
+    try:
+        xattrs = read_xattrs(fd)
+        holes = os.fstat(fd).st_blocks * 512 < entry.size  # only then is the data map worth two lseeks per extent
+        extents = data_map(fd, entry.size) if holes else None
+        if extents is None and entry.size <= SMALL_FILE:
+            data = os.pread(fd, entry.size, 0) if entry.size else b""
+            while len(data) < entry.size:
+                more = os.pread(fd, entry.size - len(data), len(data))
+                if not more:
+                    raise BadState(f"{entry.path} shrank while it was backed up: the exposed copy is not stable")
+                data += more
+            os.close(fd)
+            hasher = new_hasher(algorithm)
+            hasher.update(data)
+            return _Loaded(xattrs, None, None, data, hasher.hexdigest())
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            os.posix_fadvise(fd, 0, 16 * CHUNK, os.POSIX_FADV_WILLNEED)
+        return _Loaded(xattrs, extents, fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SystemCommandError(f"cannot read {entry.source} in the exposed copy: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 # -- the engine --------------------------------------------------------------------------------------------------
 
 
 class ArchiveEngine:
-    """The `archive` engine on the repository directory `repository` (created by the first backup into it)."""
+    """The `archive` engine on the repository directory `repository` (created by the first backup into it): zstd
+    `level` for every frame, or (`compression="adaptive"`) at most; `workers` threads compress (0: the caller's)."""
 
     name = ENGINE_NAME
     capabilities = Capabilities(
-        restore=False,
+        restore=True,
         incremental=False,
-        preserves=frozenset({"content", "mode", "owner", "mtime", "symlink", "hardlink", "device", "fifo"}),
+        preserves=frozenset(
+            {"content", "mode", "owner", "mtime", "symlink", "hardlink", "device", "fifo", "xattr", "acl", "sparse"}
+        ),
     )
 
     def __init__(
@@ -286,12 +556,16 @@ class ArchiveEngine:
         repository: Path,
         *,
         level: int = DEFAULT_LEVEL,
+        compression: str = "adaptive",
         workers: int | None = None,
         digest_algorithm: str | None = None,
         progress_interval_s: float = 0.2,
     ) -> None:
         self.repository = Path(repository)
-        self.level = level
+        if compression not in COMPRESSION_MODES:
+            raise UsageError(f"compression {compression!r} is not one of {', '.join(COMPRESSION_MODES)}")
+        self.level = level  # with adaptive compression, the most any frame gets
+        self.compression = compression
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.digest_algorithm = digest_algorithm or default_digest_algorithm()
         new_hasher(self.digest_algorithm)  # refuse an unavailable algorithm now, not after reading the data
@@ -310,7 +584,7 @@ class ArchiveEngine:
             self.repository.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
             self.sets_dir.mkdir(mode=_DIR_MODE, exist_ok=True)
             tmp = self.repository / f".{MARKER_FILE}.{secrets.token_hex(4)}"
-            _write_file(tmp, (json.dumps({"format": FORMAT_VERSION, "engine": ENGINE_NAME}) + "\n").encode())
+            _write_file(tmp, (json.dumps({"format": REPOSITORY_FORMAT, "engine": ENGINE_NAME}) + "\n").encode())
             tmp.replace(marker)
             fsync_dir(self.repository)
             return
@@ -323,7 +597,7 @@ class ArchiveEngine:
             raise ObjectNotFound(f"{self.repository} is not a snapport archive repository (no {MARKER_FILE})") from None
         except (OSError, ValueError, AttributeError) as exc:
             raise UsageError(f"{marker} is unreadable: {exc}") from None
-        if version != FORMAT_VERSION or info.get("engine") != ENGINE_NAME:
+        if version != REPOSITORY_FORMAT or info.get("engine") != ENGINE_NAME:
             raise UsageError(f"{self.repository} is a repository of format {version}; this snapport reads format 1")
         if create:
             self.sets_dir.mkdir(mode=_DIR_MODE, exist_ok=True)
@@ -399,6 +673,7 @@ class ArchiveEngine:
             raise BadState(f"set {set_id} is already in repository {self.repository}; a set is never overwritten")
         meter = _Meter(progress, self.progress_interval_s)
         meter(Phase.SCAN, 0, 0, force=True)
+        inject("engine.scan")
         selection = select(components, mapping, tick=lambda n: meter(Phase.SCAN, n, 0))
         tmp = self.sets_dir / f"{TMP_PREFIX}{set_id}-{secrets.token_hex(6)}"
         published = False
@@ -410,6 +685,7 @@ class ArchiveEngine:
                 record = self._write_set(tmp, documents, components, selection, meter)
                 totals = (record.files, record.content_bytes)
                 meter(Phase.PUBLISH, *totals, totals, force=True)
+                inject("engine.publish")  # the temporary set is complete and fsynced; not yet renamed into place
                 with self._lock():
                     if final.exists():
                         raise BadState(f"set {set_id} appeared in repository {self.repository} during this backup")
@@ -448,8 +724,11 @@ class ArchiveEngine:
         doc_digests = tuple(
             sorted((p.relative_to(tmp).as_posix(), digest_bytes(algorithm, _read_file(p))) for p in saved)
         )
-        digests, archive = self._write_archive(tmp / ARCHIVE_FILE, selection.entries, meter)
-        entries = tuple(ManifestEntry.of(e, d) for e, d in zip(selection.entries, digests, strict=True))
+        digests, extras, archive = self._write_archive(tmp / ARCHIVE_FILE, selection.entries, meter)
+        entries = tuple(
+            ManifestEntry.of(e, d, x.xattrs, x.data_map)
+            for e, d, x in zip(selection.entries, digests, extras, strict=True)
+        )
         results = []
         for source, members, skipped in zip(components, selection.members, selection.skipped, strict=True):
             mine = [entries[i] for i in members]
@@ -487,37 +766,54 @@ class ArchiveEngine:
         fsync_dir(tmp)
         return record
 
-    def _write_archive(self, path: Path, entries: Sequence[Entry], meter: _Meter) -> tuple[tuple[str, ...], Part]:
-        """Stream every entry into `path`; returns each entry's content digest ("" if none) and the archive's."""
+    def _write_archive(
+        self, path: Path, entries: Sequence[Entry], meter: _Meter
+    ) -> tuple[tuple[str, ...], tuple[_Loaded, ...], Part]:
+        """Stream every entry into `path`; returns each entry's content digest ("" if none), what was read beside
+        its content (xattrs, sparse map), and the archive's size and digest. A pool of threads opens, reads and
+        digests the next files (small ones whole), so a cold device sees many reads in flight rather than one; this
+        thread builds headers and streams larger files into the archive's buffer; the `_FrameSink`'s threads
+        compress."""
         total = (
             sum(1 for e in entries if e.type is not EntryType.DIRECTORY),
             sum(e.size for e in entries if e.type is EntryType.FILE),
         )
-        options: dict[int, int] = {
-            CompressionParameter.compression_level: self.level,
-            CompressionParameter.checksum_flag: 1,  # zstd checks the content of the frame on decompression
-        }
-        if self.workers > 0:  # zstd compresses in its own threads while this one reads and digests
-            options[CompressionParameter.nb_workers] = self.workers
         archive_hasher = new_hasher(self.digest_algorithm)
-        view = memoryview(bytearray(CHUNK))
         digests: list[str] = []
+        extras: list[_Loaded] = []
         by_path: dict[str, str] = {}
         done = [0, 0]  # files, bytes
         injected = False
-        with _create(path) as raw:
-            sink = _ArchiveSink(raw, ZstdCompressor(options=options), archive_hasher)
+        with (
+            _ReadAhead(entries, self.digest_algorithm) as ahead,
+            _create(path) as raw,
+            _FrameSink(raw, self.level, self.workers, archive_hasher, adapt=self.compression == "adaptive") as sink,
+        ):
             meter(Phase.BACKUP, 0, 0, total, force=True)
             for entry in entries:
-                sink.write(tar_header(entry))
+                loaded = ahead.next()
+                try:
+                    sink.write(tar_header(entry, loaded.xattrs, loaded.data_map))
+                except BaseException:
+                    if loaded.fd is not None:  # not yet handed to `_stream`, which closes it
+                        os.close(loaded.fd)
+                    raise
                 digest = ""
                 if entry.type is EntryType.FILE:
-                    digest = self._copy(entry, sink, view, lambda n: meter(Phase.BACKUP, done[0], done[1] + n, total))
+                    if loaded.data is not None:
+                        digest = loaded.digest
+                        sink.write(loaded.data)
+                        sink.write(_ZEROS[: -entry.size % _BLOCK])
+                    else:
+                        digest = self._stream(
+                            entry, loaded, sink, lambda n: meter(Phase.BACKUP, done[0], done[1] + n, total)
+                        )
                     by_path[entry.path] = digest
                     done[1] += entry.size
                 elif entry.type is EntryType.HARDLINK:
                     digest = by_path[entry.link_target]
                 digests.append(digest)
+                extras.append(_Loaded(loaded.xattrs, loaded.data_map) if loaded.xattrs or loaded.data_map else _PLAIN)
                 if entry.type is not EntryType.DIRECTORY:
                     done[0] += 1
                 meter(Phase.BACKUP, done[0], done[1], total)
@@ -528,28 +824,112 @@ class ArchiveEngine:
             raw.flush()
             os.fsync(raw.fileno())
         meter(Phase.BACKUP, done[0], done[1], total, force=True)
-        return tuple(digests), Part(sink.stored_bytes, archive_hasher.hexdigest())
+        return tuple(digests), tuple(extras), Part(sink.stored_bytes, archive_hasher.hexdigest())
 
-    def _copy(self, entry: Entry, sink: _ArchiveSink, view: memoryview, advance: Callable[[int], None]) -> str:
-        """Append one regular file's content, then tar's padding, to the archive; returns the content's digest."""
+    def _stream(self, entry: Entry, loaded: _Loaded, sink: _FrameSink, advance: Callable[[int], None]) -> str:
+        """Append one larger file's content (a sparse file's data extents only), then tar's padding, to the archive,
+        read straight into the archive's buffer; returns the digest of the whole content (holes digested as the
+        zeros they read as)."""
         hasher = new_hasher(self.digest_algorithm)
-        fd = open_checked(entry.source, entry.dev, entry.ino)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            done = 0
-            while done < entry.size:
-                n = f.readinto(view[: min(CHUNK, entry.size - done)])
-                if not n:
-                    raise BadState(f"{entry.path} shrank while it was backed up: the exposed copy is not stable")
-                chunk = view[:n]
-                hasher.update(chunk)
-                sink.write(chunk)
-                done += n
-                if entry.size > CHUNK:
-                    advance(done)
-        sink.write(bytes(-entry.size % _BLOCK))
+        fd = loaded.fd
+        assert fd is not None
+        try:
+            extents = loaded.data_map if loaded.data_map is not None else ((0, entry.size),)
+            position = stored = 0
+            for offset, length in extents:
+                _digest_zeros(hasher, offset - position)
+                done = 0
+                while done < length:
+                    if done % (4 * CHUNK) == 0:  # keep the device reading ahead of this thread
+                        with contextlib.suppress(OSError):
+                            os.posix_fadvise(fd, offset + done + 4 * CHUNK, 16 * CHUNK, os.POSIX_FADV_WILLNEED)
+                    space = sink.space()
+                    chunk = space[: min(len(space), CHUNK, length - done)]
+                    n = os.preadv(fd, [chunk], offset + done)
+                    if not n:
+                        raise BadState(f"{entry.path} shrank while it was backed up: the exposed copy is not stable")
+                    hasher.update(chunk[:n])
+                    sink.advance(n)
+                    done += n
+                    advance(offset + done)
+                position = offset + length
+                stored += length
+            _digest_zeros(hasher, entry.size - position)
+        finally:
+            os.close(fd)
+        sink.write(_ZEROS[: -stored % _BLOCK])
         return hasher.hexdigest()
+
+    # -- documents and restore ----------------------------------------------------------------------------------
+
+    def _set_dir(self, set_id: uuid.UUID) -> Path:
+        self._open(create=False)
+        set_dir = self.sets_dir / str(set_id)
+        if not set_dir.is_dir():
+            raise ObjectNotFound(f"no set {set_id} in repository {self.repository}")
+        return set_dir
+
+    def documents(self, set_id: uuid.UUID) -> SetDocuments:
+        """The set's BCD and WMDs as stored (parsed and schema-validated as any document is)."""
+        bcd, writers = load_documents(self._set_dir(set_id))
+        return SetDocuments(bcd, tuple(writers))
+
+    def restore(
+        self,
+        set_id: uuid.UUID,
+        target: Path,
+        *,
+        components: Sequence[ComponentKey] | None = None,
+        overwrite: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> RestoreResult:
+        """Restore the set (or the chosen components) under `target`; see `archive_restore` for the guarantees."""
+        started = time.monotonic()
+        inject("engine.restore")
+        set_dir = self._set_dir(set_id)
+        try:
+            record = SetRecord.from_bytes(_read_file(set_dir / SET_FILE))
+            data = _read_file(set_dir / MANIFEST_FILE)
+            if Part(len(data), digest_bytes(record.digest_algorithm, data)) != record.manifest:
+                raise ValueError("the manifest differs from its digest in set.json")
+            manifest = Manifest.from_bytes(data)
+            if manifest.set_id != set_id or record.set_id != set_id:
+                raise ValueError("set.json or the manifest describe another set")
+        except (OSError, ValueError, KeyError, UsageError) as exc:
+            raise BadState(f"set {set_id} is damaged ({exc}); `snapport verify` names the damage") from None
+        for entry in manifest.entries:
+            target_parts(entry.path)  # every name is checked before anything is written
+            if entry.type is EntryType.HARDLINK:
+                target_parts(entry.link_target)
+        meter = _Meter(progress, self.progress_interval_s)
+        job = Restore(set_id, manifest, -1, overwrite, lambda f, b, force: None)
+        keys, members = job.chosen(components)  # an unknown component is refused before the target is touched
+        totals = (
+            sum(1 for i in members if manifest.entries[i].type is not EntryType.DIRECTORY),
+            sum(manifest.entries[i].size for i in members if manifest.entries[i].type is EntryType.FILE),
+        )
+        target_fd, made = prepare_target(Path(target), overwrite)
+        job.target_fd = target_fd
+        job.tick = lambda files, nbytes, force: meter(Phase.RESTORE, files, nbytes, totals, force=force)
+        meter(Phase.RESTORE, 0, 0, totals, force=True)
+        try:
+            with (set_dir / ARCHIVE_FILE).open("rb") as raw, ZstdFile(raw, "r") as stream:
+                forward = _ForwardReader(stream)
+                tar = tarfile.open(fileobj=forward, mode="r:")  # noqa: SIM115  (closes nothing it was given)
+                job.run(members, tar, forward)
+        except BaseException as exc:
+            job.undo()
+            os.close(target_fd)
+            if made:
+                with contextlib.suppress(OSError):
+                    Path(target).rmdir()
+            if isinstance(exc, (tarfile.TarError, EOFError)) or type(exc).__name__ == "ZstdError":
+                raise BadState(f"set {set_id} is damaged ({exc}); `snapport verify` names the damage") from None
+            if isinstance(exc, OSError):
+                raise SystemCommandError(f"restore of set {set_id} into {target} failed: {exc}") from exc
+            raise
+        os.close(target_fd)
+        return RestoreResult(set_id, self.name, Path(target), keys, job.files, job.bytes, time.monotonic() - started)
 
     # -- verify -------------------------------------------------------------------------------------------------
 
@@ -557,6 +937,7 @@ class ArchiveEngine:
         """Re-read the whole set: every part against its digest, the documents, and every archive member against
         the manifest (type, metadata, size, content digest). Damage is reported, not raised."""
         started = time.monotonic()
+        inject("engine.verify")
         self._open(create=False)
         set_dir = self.sets_dir / str(set_id)
         if not set_dir.is_dir():
@@ -747,9 +1128,13 @@ class _Verification:
                 ("mtime_ns", member_mtime_ns(member), entry.mtime_ns),
                 ("link target", member.linkname, link),
                 ("device", device, entry.rdev or device),
+                ("xattrs", _names(member_xattrs(member)), _names(entry.xattrs)),
+                ("data map", member_data_map(member), entry.data_map),
             )
             if found != wanted
         ]
+        if not differences and member_xattrs(member) != entry.xattrs:
+            differences.append("xattr values differ from the manifest")
         if differences:
             self.problem(ProblemKind.METADATA_MISMATCH, entry.path, "; ".join(differences))
         if kind is EntryType.FILE:
@@ -771,6 +1156,10 @@ class _Verification:
                 self.meter(Phase.VERIFY, self.files, self.bytes, self._total())
         if hasher.hexdigest() != entry.digest:
             self.problem(ProblemKind.DIGEST_MISMATCH, entry.path, "content differs from the manifest")
+
+
+def _names(xattrs: Sequence[tuple[str, bytes]]) -> list[str]:
+    return [name for name, _ in xattrs]
 
 
 def incomplete_sets(repository: Path) -> list[Path]:

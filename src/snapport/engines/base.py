@@ -12,6 +12,12 @@ Contract, method by method (restic's Backend habit):
 - `verify` is read-only and idempotent: damage is reported in the `VerifyReport`, never raised. It raises
   `ObjectNotFound` only when the repository or the set does not exist.
 - `list` is read-only; incomplete (unpublished) sets are never listed.
+- `documents` returns the set's BCD and WMDs as the repository holds them (what a restore's writers are told).
+- `restore` writes the set's files (all, or the chosen components') under `target`, each original path `P` at
+  `target / P.lstrip("/")`, with the metadata the engine preserves. It refuses a `target` that is not empty unless
+  `overwrite` (then it replaces what it restores and leaves everything else alone). Never writes outside `target`
+  (no member may escape it, whatever the repository says) and never follows a link it did not restore itself.
+  Phases report progress as `Phase.RESTORE`.
 
 Errors: `BadState` (the set exists), `ObjectNotFound`, `UsageError` (not a repository), `PathEscape` (a mapped
 path leaves the exposed copy), `SystemCommandError` (the OS refused a read or write; retryable once fixed).
@@ -39,6 +45,7 @@ class Phase(enum.Enum):
     BACKUP = "backup"  # reading, digesting and storing file contents
     PUBLISH = "publish"  # fsync and atomic rename
     VERIFY = "verify"
+    RESTORE = "restore"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,21 @@ class VerifyReport:
         return not self.problems
 
 
+ComponentKey = tuple[uuid.UUID, str]
+"""A component of a set: its writer's id and its full path within that writer (as in `ComponentResult`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    set_id: uuid.UUID
+    engine: str
+    target: Path
+    components: tuple[ComponentKey, ...]  # what was restored
+    files: int  # non-directory entries written
+    bytes: int  # content bytes written
+    duration_s: float
+
+
 @dataclass(frozen=True, slots=True)
 class SetSummary:
     """A set in a repository as `list` shows it; `readable` is False when its description cannot be read."""
@@ -213,3 +235,15 @@ class Engine(Protocol):
     def verify(self, set_id: uuid.UUID, progress: ProgressCallback | None = None) -> VerifyReport: ...
 
     def list(self) -> tuple[SetSummary, ...]: ...
+
+    def documents(self, set_id: uuid.UUID) -> SetDocuments: ...
+
+    def restore(
+        self,
+        set_id: uuid.UUID,
+        target: Path,
+        *,
+        components: Sequence[ComponentKey] | None = None,
+        overwrite: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> RestoreResult: ...

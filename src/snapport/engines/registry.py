@@ -7,6 +7,7 @@ from typing import Protocol
 
 from snapport.engines.archive import ArchiveEngine
 from snapport.engines.base import Capabilities, Engine
+from snapport.engines.restic import ResticEngine
 from snapport.errors import UsageError
 
 
@@ -24,6 +25,7 @@ class EngineClass(Protocol):
 
 ENGINES: dict[str, EngineClass] = {
     ArchiveEngine.name: ArchiveEngine,
+    ResticEngine.name: ResticEngine,
 }
 DEFAULT_ENGINE = ArchiveEngine.name
 

@@ -74,6 +74,8 @@ def reflink(source: Path, destination: Path) -> None:
             dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             raise SystemCommandError(f"cannot clone {source} to {destination}: it already exists") from None
+        except OSError as exc:  # e.g. EPERM (an immutable directory), EROFS, ENOSPC
+            raise SystemCommandError(f"cannot clone {source} to {destination}: {exc.strerror or exc}") from exc
         try:
             fcntl.ioctl(dst, FICLONE, src)
         except OSError as exc:

@@ -47,3 +47,37 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def holders(path: Path) -> list[int]:
+    """The pids holding a `flock` on `path`, read from /proc/locks (taking the lock to find out would race with
+    its real users, e.g. an agent starting). Empty when nobody holds it, or the file does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return []
+    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    found = []
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue  # a waiter, not a holder; or a POSIX lock, which snapport never takes
+        pid, where = fields[4], fields[5].split(":")
+        try:
+            key = (int(where[0], 16), int(where[1], 16), int(where[2]))
+        except (IndexError, ValueError):
+            continue
+        if key == wanted and pid.isdigit():
+            found.append(int(pid))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (in this pid namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,7 +7,10 @@ Contract: `identify` keeps no state (anyone may call it). `freeze` is the last c
 in `prepare_snapshot`. `thaw` and `abort` are idempotent and may arrive more than once, or without a freeze
 before them; after `abort` the application runs as if no backup had started. `backup_complete` comes at most once,
 only after the backup host reported success, and never for a failed set; on a `copy` backup a writer must not
-truncate or purge anything. `backup_shutdown` ends the session whatever happened.
+truncate or purge anything. `backup_shutdown` ends the session whatever happened. `pre_restore` comes before any
+file of a restore is written and may veto it (nothing is written then); `post_restore` comes after every file is in
+place, and prepares what the application needs to start on them. Both may come in a process that never saw the
+backup (on another host): what they need comes with the `RestoreContext`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
+from snapport.errors import PathEscape
 from snapport.model import Attr, BackupType, Context, Volume, WriterMetadata
 from snapport.model import WriterState as ReportedState
 
@@ -88,6 +93,40 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreContext:
+    """What a writer is told about a restore of its components (VSS: the components of PreRestore/PostRestore).
+
+    Files land under `target`: an original path `P` is restored at `target / P.lstrip("/")` (`location`); a
+    `target` of `/` restores in place.
+    """
+
+    set_id: uuid.UUID
+    backup_type: BackupType
+    target: Path
+    components: tuple[str, ...]  # this writer's components being restored (full paths)
+    # This writer's components' private metadata from the BCD, by component full path (e.g. a backup label).
+    backup_metadata: Mapping[str, str] = field(default_factory=dict)
+    originating_host: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target.is_absolute():
+            raise ValueError(f"a restore target must be absolute, not {str(self.target)!r}")
+
+    @property
+    def in_place(self) -> bool:
+        """True when the files go back where they were (the target is `/`)."""
+        return self.target == Path("/")
+
+    def location(self, original: str | Path) -> Path:
+        """Where the original path (absolute, on the host that made the set) is restored; never outside `target`."""
+        path = PurePosixPath(original)
+        if not path.is_absolute() or ".." in path.parts or "\x00" in str(original):
+            raise PathEscape(f"{str(original)!r} is not an absolute path without '..'; it cannot be restored")
+        relative = str(path).lstrip("/")
+        return self.target / relative if relative else self.target
+
+
+@dataclass(frozen=True, slots=True)
 class WriterStatus:
     writer_id: uuid.UUID
     name: str
@@ -139,6 +178,10 @@ class Writer(Protocol):
 
     def backup_shutdown(self, session: Session, deadline: Deadline) -> None: ...
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None: ...
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        """Before any file is restored: veto (raise) if the restore would harm what runs at its target."""
+        ...
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None: ...
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        """After every file is in place: prepare what the application needs to start on the restored files."""
+        ...

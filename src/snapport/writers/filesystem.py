@@ -28,7 +28,7 @@ from snapport.model import (
 )
 from snapport.osal import ioctl
 from snapport.osal.freeze_guard import FreezeGuard
-from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.filesystem")
 
@@ -139,10 +139,10 @@ class FilesystemWriter:
         with self._lock:
             self._release()
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """Files are restored by copying them back; the filesystem needs no preparation."""
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """Nothing to do after a file restore."""
 
     def _release(self) -> str | None:

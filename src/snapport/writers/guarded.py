@@ -22,8 +22,18 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from snapport.errors import FreezeTimeout, SnapportError, WriterError
+from snapport.faults import inject
 from snapport.model import WriterMetadata
-from snapport.writers.base import Deadline, Session, Tier, Writer, WriterEvent, WriterState, WriterStatus
+from snapport.writers.base import (
+    Deadline,
+    RestoreContext,
+    Session,
+    Tier,
+    Writer,
+    WriterEvent,
+    WriterState,
+    WriterStatus,
+)
 
 T = TypeVar("T")
 
@@ -151,11 +161,11 @@ class GuardedWriter:
     def backup_shutdown(self, session: Session, deadline: Deadline) -> None:
         self._call(WriterEvent.BACKUP_SHUTDOWN, deadline, lambda: self._writer.backup_shutdown(session, deadline))
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self._call(WriterEvent.PRE_RESTORE, deadline, lambda: self._writer.pre_restore(components, deadline))
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self._call(WriterEvent.PRE_RESTORE, deadline, lambda: self._writer.pre_restore(restore, deadline))
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self._call(WriterEvent.POST_RESTORE, deadline, lambda: self._writer.post_restore(components, deadline))
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self._call(WriterEvent.POST_RESTORE, deadline, lambda: self._writer.post_restore(restore, deadline))
 
     def _call(self, event: WriterEvent, deadline: Deadline, call: Callable[[], T]) -> T:
         budget_s = deadline.remaining()
@@ -166,6 +176,7 @@ class GuardedWriter:
 
         def run() -> None:
             try:
+                inject(f"writer.{event.value}")  # test-only: as if the writer itself failed, hung or crashed
                 result.append(call())
             except BaseException as exc:  # reported to the caller, whatever it is
                 failure.append(exc)

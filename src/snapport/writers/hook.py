@@ -40,7 +40,7 @@ from snapport.model import (
     WriterMetadata,
 )
 from snapport.model.paths import relative_to_volume
-from snapport.writers.base import Deadline, Session, Tier, WriterEvent
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier, WriterEvent
 from snapport.writers.protocol import LogEntry
 from snapport.writers.sqlite import volume_holding
 
@@ -260,13 +260,15 @@ class HookWriter:
     def backup_shutdown(self, session: Session, deadline: Deadline) -> None:
         self._run(WriterEvent.BACKUP_SHUTDOWN, session, deadline)
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self._run(WriterEvent.PRE_RESTORE, None, deadline)
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self._run(WriterEvent.PRE_RESTORE, None, deadline, restore)
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self._run(WriterEvent.POST_RESTORE, None, deadline)
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self._run(WriterEvent.POST_RESTORE, None, deadline, restore)
 
-    def _environment(self, event: WriterEvent, session: Session | None, budget_s: float) -> dict[str, str]:
+    def _environment(
+        self, event: WriterEvent, session: Session | None, budget_s: float, restore: RestoreContext | None = None
+    ) -> dict[str, str]:
         env = {
             "PATH": SAFE_PATH,
             "LANG": "C.UTF-8",
@@ -282,9 +284,18 @@ class HookWriter:
                 "SNAPPORT_VOLUMES": ":".join(v.mount_point for v in session.volumes),
                 "SNAPPORT_FREEZE_WINDOW_S": f"{session.freeze_window_s:g}",
             }
+        if restore is not None:
+            env |= {
+                "SNAPPORT_SET_ID": str(restore.set_id),
+                "SNAPPORT_BACKUP_TYPE": restore.backup_type.value,
+                "SNAPPORT_RESTORE_TARGET": str(restore.target),
+                "SNAPPORT_COMPONENTS": ":".join(restore.components),
+            }
         return env
 
-    def _run(self, event: WriterEvent, session: Session | None, deadline: Deadline) -> None:
+    def _run(
+        self, event: WriterEvent, session: Session | None, deadline: Deadline, restore: RestoreContext | None = None
+    ) -> None:
         with self._lock:
             if session is not None:
                 if event is WriterEvent.ABORT:
@@ -295,8 +306,9 @@ class HookWriter:
             budget_s = deadline.remaining() - KILL_MARGIN_S
             if budget_s <= 0:
                 raise FreezeTimeout(f"no time left to run hook {script} for {event.value}")
-            run = run_bounded([str(script), event.value], self._environment(event, session, budget_s), budget_s)
-        self._record(event, session, run)
+            env = self._environment(event, session, budget_s, restore)
+            run = run_bounded([str(script), event.value], env, budget_s)
+        self._record(event, session, run, restore)
         if run.returncode is None:
             raise FreezeTimeout(
                 f"hook {script} did not finish {event.value} within {budget_s:.3g} s; its process group was killed"
@@ -308,11 +320,14 @@ class HookWriter:
                 f"hook {script} {event.value} exited with status {run.returncode}: {_last_line(run.stderr)}"
             )
 
-    def _record(self, event: WriterEvent, session: Session | None, run: HookRun) -> None:
+    def _record(
+        self, event: WriterEvent, session: Session | None, run: HookRun, restore: RestoreContext | None = None
+    ) -> None:
+        set_id = session.set_id if session is not None else restore.set_id if restore is not None else None
         message = {
             "script": str(self.script),
             "event": event.value,
-            "set_id": str(session.set_id) if session is not None else None,
+            "set_id": str(set_id) if set_id is not None else None,
             "exit": run.returncode,
             "timed_out": run.returncode is None,
             "duration_ms": round(run.duration_ms, 1),

@@ -37,7 +37,7 @@ from snapport.model import (
     Volume,
     WriterMetadata,
 )
-from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier
 from snapport.writers.database_support import (
     decode_metadata,
     encode_metadata,
@@ -314,10 +314,10 @@ class MariadbWriter:
             self._watchdog.take_expiry()
             self._release()
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """The server must be stopped before its files are replaced; the restore does that (STOP_RESTORE_START)."""
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """InnoDB and Aria recover by themselves when the server starts; nothing to do."""
 
     # -- helpers ------------------------------------------------------------------------------------------------

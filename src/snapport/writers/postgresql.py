@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from snapport.errors import FreezeTimeout, UnsupportedContext, UsageError, WriterError
+from snapport.errors import FreezeTimeout, PathEscape, SnapportError, UnsupportedContext, UsageError, WriterError
 from snapport.model import (
     BackupSchema,
     BackupType,
@@ -35,7 +35,7 @@ from snapport.model import (
     Volume,
     WriterMetadata,
 )
-from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier
 from snapport.writers.database_support import (
     decode_metadata,
     encode_metadata,
@@ -58,6 +58,20 @@ EXCLUDED_FILES = ("postmaster.pid", "postmaster.opts")
 _WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial)?$")
 _START_WAL = re.compile(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)$", re.M)
 _START_TIMELINE = re.compile(r"^START TIMELINE: (\d+)$", re.M)
+# A WAL archive's path becomes part of restore_command, a shell command: only characters no shell gives a meaning.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@=,:-]*$")
+RECOVERY_SETTINGS_FILE = "postgresql.auto.conf"  # where pg_basebackup -R writes its recovery settings too
+
+
+def check_archive_path(path: str | Path, error: type[SnapportError]) -> Path:
+    """A WAL archive directory fit for restore_command: absolute, no '..', only plain characters."""
+    text = str(path)
+    if not _SAFE_PATH.match(text) or ".." in Path(text).parts:
+        raise error(
+            f"postgresql writer: WAL archive {text!r} must be an absolute path of letters, digits and ._/+@=,:- "
+            "only (it becomes part of restore_command)"
+        )
+    return Path(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +152,7 @@ class PostgresqlWriter:
         user: str = "postgres",
         dbname: str = "postgres",
         archive: str | Path | None = None,
+        wal_archive: str | Path | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"postgresql writer: mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -151,6 +166,8 @@ class PostgresqlWriter:
         self.mode = mode
         self.server, self.port, self.user, self.dbname = server, port, user, dbname
         self.archive = Path(archive) if archive is not None else None
+        # Where the server archives its WAL, for a restore's restore_command (purge_archive is that too).
+        self.wal_archive = check_archive_path(wal_archive, UsageError) if wal_archive is not None else self.archive
         self.writer_id = postgresql_writer_id(host, self.data_dir)
         self.instance_name = str(self.data_dir)
         self.backup_complete_count = 0  # observable: backup-complete must come at most once per backup
@@ -327,6 +344,8 @@ class PostgresqlWriter:
             "backup_label": label,
             "tablespace_map": tablespace_map,
         }
+        if self.wal_archive is not None:
+            fields["wal_archive"] = str(self.wal_archive)
         return {self.component: encode_metadata(METADATA_FORMAT, fields)}
 
     def abort(self, session: Session, deadline: Deadline) -> None:
@@ -365,11 +384,138 @@ class PostgresqlWriter:
             self._close()
             self._started = {}
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        """The server must be stopped before its files are replaced; the restore does that (STOP_RESTORE_START)."""
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        """Veto while a live postmaster owns a restored data directory, or when a backup-mode copy could not
+        recover (no backup metadata, or no WAL archive to read the WAL after the snapshot from)."""
+        for component in restore.components:
+            data = restore.location(component)
+            pid = _live_postmaster(data)
+            if pid is not None:
+                raise WriterError(
+                    f"a PostgreSQL server (pid {pid}) runs on {data}; stop it first (pg_ctl -D {data} stop -m fast) "
+                    "or restore somewhere else"
+                )
+            fields = self._restore_metadata(restore, component)
+            if fields["mode"] == "backup-mode":
+                self._restore_archive(fields, component)
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        """PostgreSQL recovers by itself when started (from `backup_label` in backup-mode); nothing to do."""
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        """Make each restored cluster startable: no stale lock file, links into the restore, and in backup-mode
+        `backup_label`, `tablespace_map`, `recovery.signal` and the recovery settings (docs/writers.md)."""
+        for component in restore.components:
+            data = restore.location(component)
+            if not (data / "PG_VERSION").is_file() or data.is_symlink():
+                raise WriterError(f"the restored cluster {component} is not at {data} (no PG_VERSION there)")
+            fields = self._restore_metadata(restore, component)
+            owner = data.stat()
+            try:
+                for name in EXCLUDED_FILES:  # a stale lock file stops the server when its pid is alive again
+                    (data / name).unlink(missing_ok=True)
+                if fields["mode"] == "backup-mode":
+                    self._prepare_recovery(restore, component, data, fields, (owner.st_uid, owner.st_gid))
+                else:
+                    self._relink(restore, data, backup_mode=False, owner=(owner.st_uid, owner.st_gid))
+            except OSError as exc:
+                raise WriterError(f"cannot prepare the restored cluster at {data}: {exc}") from exc
+
+    # -- restore helpers ----------------------------------------------------------------------------------------
+
+    def _restore_metadata(self, restore: RestoreContext, component: str) -> dict[str, object]:
+        text = restore.backup_metadata.get(component)
+        if text is None:
+            raise WriterError(f"the set holds no backup metadata for the cluster {component}; it cannot be restored")
+        fields = parse_backup_metadata(text)
+        if fields.get("mode") not in MODES:
+            raise WriterError(f"the backup metadata of {component} names no mode snapport knows")
+        return fields
+
+    def _restore_archive(self, fields: Mapping[str, object], component: str) -> Path:
+        """The WAL archive a backup-mode restore reads: the writer's own (`wal_archive=`), else the metadata's."""
+        given = self.wal_archive if self.wal_archive is not None else fields.get("wal_archive")
+        if not isinstance(given, str | Path):
+            raise WriterError(
+                f"{component} was backed up in backup-mode: its restore needs the WAL archive, and neither the "
+                "writer (wal_archive=DIR) nor the backup metadata names one"
+            )
+        archive = check_archive_path(given, WriterError)
+        if not archive.is_dir():
+            raise WriterError(
+                f"the WAL archive {archive} is not a directory here; the restored cluster could not recover"
+            )
+        return archive
+
+    def _relink(self, restore: RestoreContext, data: Path, *, backup_mode: bool, owner: tuple[int, int]) -> None:
+        """Point the restored `pg_wal` and tablespace links at their restored targets, never at the originals (a
+        copy beside the original would write into the original's files). In backup-mode an unrestored WAL
+        directory becomes an empty one: recovery reads the WAL from the archive."""
+        if restore.in_place:
+            return
+        links = [data / "pg_wal"]
+        if (data / "pg_tblspc").is_dir():
+            links += sorted(p for p in (data / "pg_tblspc").iterdir() if p.is_symlink())
+        for link in links:
+            if not link.is_symlink():
+                continue
+            original = str(link.readlink())
+            try:
+                restored = restore.location(original)
+            except PathEscape:
+                raise WriterError(f"{link} points to {original!r}, which cannot be restored") from None
+            if restored.is_dir() and not restored.is_symlink():
+                link.unlink()
+                link.symlink_to(restored)
+            elif backup_mode and link.name == "pg_wal":
+                link.unlink()
+                link.mkdir(mode=0o700)
+                os.chown(link, *owner)
+            else:
+                raise WriterError(
+                    f"{link} points to {original}, which was not restored (not at {restored}); restore every "
+                    "volume of the cluster"
+                )
+            os.lchown(link, *owner)
+
+    def _prepare_recovery(
+        self,
+        restore: RestoreContext,
+        component: str,
+        data: Path,
+        fields: Mapping[str, object],
+        owner: tuple[int, int],
+    ) -> None:
+        """backup-mode: the base backup's own files and the settings that make the server recover from the
+        archive up to the backup's end, then promote (PostgreSQL 15 docs, §26.3.4 and §26.3.5)."""
+        label, tablespace_map = fields.get("backup_label"), fields.get("tablespace_map", "")
+        if not isinstance(label, str) or not label or not isinstance(tablespace_map, str):
+            raise WriterError(f"the backup metadata of {component} holds no backup label")
+        archive = self._restore_archive(fields, component)
+        self._relink(restore, data, backup_mode=True, owner=owner)
+        relocated = []
+        for line in tablespace_map.splitlines():
+            oid, _, location = line.partition(" ")
+            if not oid.isdigit() or not location.startswith("/") or "\\" in location:
+                raise WriterError(f"the tablespace map of {component} has a line snapport cannot read: {line!r}")
+            try:
+                relocated.append(f"{oid} {restore.location(location)}\n")
+            except PathEscape as exc:
+                raise WriterError(f"the tablespace map of {component}: {exc.message}") from None
+        settings = [
+            f"# snapport restore of set {restore.set_id}: recover from the WAL archive to the end of the backup",
+            f"restore_command = 'cp {archive}/%f \"%p\"'",
+            "recovery_target = 'immediate'",
+            "recovery_target_action = 'promote'",
+        ]
+        if not restore.in_place:  # a copy beside the original must not archive into the original's archive
+            settings.append("archive_mode = 'off'")
+        files = {"backup_label": label, "recovery.signal": ""}
+        if relocated:
+            files["tablespace_map"] = "".join(relocated)
+        for name, text in files.items():
+            _write_owned(data / name, text, owner)
+        conf = data / RECOVERY_SETTINGS_FILE
+        existing = conf.read_text() if conf.exists() else ""
+        separator = "" if not existing or existing.endswith("\n") else "\n"
+        _write_owned(conf, existing + separator + "\n".join(settings) + "\n", owner)
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -420,3 +566,35 @@ class PostgresqlWriter:
 
     def __repr__(self) -> str:
         return f"PostgresqlWriter({str(self.data_dir)!r}, mode={self.mode!r}, host={self.host!r})"
+
+
+def _live_postmaster(data: Path) -> int | None:
+    """The pid in `data`'s postmaster.pid if that process is alive and works in `data` (a postmaster's working
+    directory is its data directory); None for no lock file or a stale one."""
+    try:
+        first = (data / "postmaster.pid").read_text().splitlines()[0]
+        pid = int(first)
+    except (OSError, IndexError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        cwd = Path(f"/proc/{pid}/cwd").readlink()
+    except FileNotFoundError:
+        return None  # no such process: a stale lock file
+    except OSError:
+        return pid  # alive, and we may not look: assume it is the server
+    return pid if os.path.realpath(cwd) == os.path.realpath(data) else None
+
+
+def _write_owned(path: Path, text: str, owner: tuple[int, int]) -> None:
+    """Write a small file of the cluster as its owner would (mode 0600); never through a link."""
+    if path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fchown(fd, *owner)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

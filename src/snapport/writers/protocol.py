@@ -1,7 +1,8 @@
-"""The out-of-process writer protocol, version 1: JSON lines over a local Unix socket (docs/writer-protocol.md).
+"""The out-of-process writer protocol, versions 1 and 2: JSON lines over a local Unix socket (docs/writer-protocol.md).
 
 Both halves share this module: framing (one JSON object per line, at most `MAX_LINE_BYTES`), peer credentials
-(SO_PEERCRED), and the JSON spelling of the values that cross the socket (`Session`, `WriterMetadata`). Anything
+(SO_PEERCRED), and the JSON spelling of the values that cross the socket (`Session`, `RestoreContext`,
+`WriterMetadata`). Version 2 adds the restore context to `pre-restore`/`post-restore`; nothing else changed. Anything
 malformed is a `WriterError` whose message starts with "protocol error".
 """
 
@@ -15,7 +16,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,11 @@ from snapport.model import (
     WriterRestore,
 )
 from snapport.model.export import to_jsonable
-from snapport.writers.base import Session
+from snapport.writers.base import RestoreContext, Session
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+RESTORE_VERSION = 2  # the first version whose restore events say where the files land
 MAX_LINE_BYTES = 1 << 20  # one message; a writer's metadata is a few KiB
 REGISTRY_DIR_NAME = "writers.d"  # under $SNAPPORT_HOME: one `<writer-id>.sock` per registered writer
 SOCKET_SUFFIX = ".sock"
@@ -275,6 +277,39 @@ def session_from_json(value: object) -> Session:
             volumes=tuple(volumes),
             freeze_window_s=f.seconds("freeze_window_s"),
             backup_metadata=f.text_map("backup_metadata"),
+        )
+
+
+def common_version(offered: Collection[object]) -> int:
+    """The version to speak with a peer offering `offered`: the highest both speak (this side's own if none)."""
+    common = [v for v in SUPPORTED_VERSIONS if v in offered]
+    return max(common) if common else PROTOCOL_VERSION
+
+
+# -- RestoreContext -------------------------------------------------------------------------------------------
+
+
+def restore_to_json(restore: RestoreContext) -> dict[str, Any]:
+    return {
+        "set_id": str(restore.set_id),
+        "backup_type": restore.backup_type.value,
+        "target": str(restore.target),
+        "components": list(restore.components),
+        "backup_metadata": dict(restore.backup_metadata),
+        "originating_host": restore.originating_host,
+    }
+
+
+def restore_from_json(value: object) -> RestoreContext:
+    f = Fields(value, "restore")
+    with converting("restore"):
+        return RestoreContext(
+            set_id=uuid.UUID(f.text("set_id")),
+            backup_type=BackupType(f.text("backup_type")),
+            target=Path(f.text("target")),
+            components=f.texts("components"),
+            backup_metadata=f.text_map("backup_metadata"),
+            originating_host=f.text("originating_host", ""),
         )
 
 

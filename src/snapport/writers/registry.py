@@ -66,6 +66,7 @@ def _postgresql(target: str, options: Mapping[str, str], volumes: Sequence[Volum
         user=options.get("user", "postgres"),
         dbname=options.get("dbname", "postgres"),
         archive=options.get("purge_archive"),
+        wal_archive=options.get("wal_archive"),
     )
     writer.check_volumes(volumes)  # refused here, before anything is frozen (atomic needs the whole cluster)
     return writer
@@ -98,7 +99,15 @@ WRITERS: Mapping[str, WriterKind] = {
     "sqlite": WriterKind(SqliteWriter, {"checkpoint": CHECKPOINT_MODES}, _sqlite, "a database file"),
     "postgresql": WriterKind(
         PostgresqlWriter,
-        {"mode": MODES, "host": None, "port": None, "user": None, "dbname": None, "purge_archive": None},
+        {
+            "mode": MODES,
+            "host": None,
+            "port": None,
+            "user": None,
+            "dbname": None,
+            "purge_archive": None,
+            "wal_archive": None,
+        },
         _postgresql,
         "a cluster's data directory",
     ),

@@ -23,11 +23,11 @@ from typing import Any
 
 from snapport.errors import FreezeTimeout, SnapportError, UsageError, WriterError
 from snapport.model import Volume, WriterMetadata
-from snapport.writers.base import Deadline, Session, Tier, WriterEvent
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier, WriterEvent
 from snapport.writers.protocol import (
     HELLO,
-    PROTOCOL_VERSION,
     REGISTRY_DIR_NAME,
+    RESTORE_VERSION,
     SOCKET_SUFFIX,
     SUPPORTED_VERSIONS,
     Fields,
@@ -40,6 +40,7 @@ from snapport.writers.protocol import (
     log_entries,
     metadata_from_json,
     peer_cred,
+    restore_to_json,
     session_to_json,
     unix_address,
 )
@@ -248,7 +249,7 @@ class RemoteWriter:
             raise FreezeTimeout(f"no time was left to send {event} to the writer process")
         request_id, self._next_id = self._next_id, self._next_id + 1
         request = {
-            "v": PROTOCOL_VERSION,
+            "v": self.identity.protocol if self.identity is not None else min(SUPPORTED_VERSIONS),
             "id": request_id,
             "event": event,
             "deadline_s": round(max(0.0, wait_s - WRITER_MARGIN_S), 3),
@@ -341,11 +342,21 @@ class RemoteWriter:
                 return
             self._exchange(WriterEvent.BACKUP_SHUTDOWN.value, {"session": session_to_json(session)}, deadline)
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self._request(WriterEvent.PRE_RESTORE, deadline, components=list(components))
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self._restore_event(WriterEvent.PRE_RESTORE, restore, deadline)
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self._request(WriterEvent.POST_RESTORE, deadline, components=list(components))
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self._restore_event(WriterEvent.POST_RESTORE, restore, deadline)
+
+    def _restore_event(self, event: WriterEvent, restore: RestoreContext, deadline: Deadline) -> None:
+        """Restore events need version 2: a version-1 writer could not know where the files land."""
+        if self.identity is not None and self.identity.protocol < RESTORE_VERSION:
+            raise WriterError(
+                f"the writer process (pid {self.identity.pid}) speaks protocol version {self.identity.protocol}, "
+                f"whose {event.value} cannot say where the files land; upgrade it to a snapport speaking version "
+                f"{RESTORE_VERSION}"
+            )
+        self._request(event, deadline, components=list(restore.components), restore=restore_to_json(restore))
 
     def __repr__(self) -> str:
         return f"RemoteWriter({str(self.socket_path)!r})"

@@ -20,7 +20,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,14 +33,17 @@ from snapport.writers.base import Deadline, Session, Writer, WriterEvent
 from snapport.writers.protocol import (
     HELLO,
     PROTOCOL_VERSION,
+    RESTORE_VERSION,
     SUPPORTED_VERSIONS,
     Fields,
     LineReader,
+    common_version,
     decode,
     encode,
     metadata_to_json,
     peer_cred,
     protocol_error,
+    restore_from_json,
     session_from_json,
     unix_address,
 )
@@ -163,12 +166,13 @@ class WriterService:
 
     # -- serving ------------------------------------------------------------------------------------------------
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, offered: Collection[object] | None = None) -> dict[str, Any]:
+        """The `hello` reply; `protocol` is the highest version both sides speak (given the peer's `offered`)."""
         class_id = getattr(self.writer, "class_id", None)
         with self._state:
             frozen = self._frozen is not None
         return {
-            "protocol": PROTOCOL_VERSION,
+            "protocol": PROTOCOL_VERSION if offered is None else common_version(offered),
             "versions": list(SUPPORTED_VERSIONS),
             "kind": self.writer.kind,
             "tier": self.writer.tier.name.lower(),
@@ -315,7 +319,7 @@ class WriterService:
     def _dispatch(self, conn: _Connection, request: _Request) -> dict[str, Any]:
         w, d, f = self.writer, request.deadline, request.fields
         if request.event == HELLO:
-            return self.identity()
+            return self.identity(f.items("versions"))
         try:
             event = WriterEvent(request.event)
         except ValueError:
@@ -323,9 +327,14 @@ class WriterService:
         if event is WriterEvent.IDENTIFY:
             return {"metadata": metadata_to_json(self._run(event, d, lambda: w.identify(d)))}
         if event in (WriterEvent.PRE_RESTORE, WriterEvent.POST_RESTORE):
-            components = f.texts("components")
+            if f.integer("v") < RESTORE_VERSION or not f.has("restore"):
+                raise WriterError(
+                    f"{event.value} needs protocol version {RESTORE_VERSION} (its request says where the files land); "
+                    "upgrade the coordinator's snapport"
+                )
+            restore = restore_from_json(f.data.get("restore"))
             call = w.pre_restore if event is WriterEvent.PRE_RESTORE else w.post_restore
-            self._run(event, d, lambda: call(components, d))
+            self._run(event, d, lambda: call(restore, d))
             return {}
         session = session_from_json(f.data.get("session"))
         if event in (WriterEvent.PREPARE_BACKUP, WriterEvent.PREPARE_SNAPSHOT, WriterEvent.FREEZE, WriterEvent.THAW):

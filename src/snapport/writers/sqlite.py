@@ -36,7 +36,7 @@ from snapport.model import (
 )
 from snapport.model.paths import relative_to_volume
 from snapport.osal.mount import containing_mount
-from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier
 from snapport.writers.watchdog import FreezeWindowWatchdog
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.sqlite")
@@ -265,10 +265,10 @@ class SqliteWriter:
             self._watchdog.take_expiry()
             self._release()
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """The application must have the database closed; SQLite itself needs nothing."""
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """A restored WAL is replayed by SQLite on the next open; nothing to do."""
 
     def _checkpoint(self, conn: sqlite3.Connection, path: Path) -> bool:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import uuid
 from pathlib import Path
 
 import pytest
 
 from snapport.engines import ENGINES, Engine, Phase, Progress, get_engine, select_components
-from snapport.errors import BadState, ObjectNotFound, UsageError
+from snapport.errors import BadState, ObjectNotFound, TargetNotEmpty, UsageError
 from snapport.model import Component, ComponentType, FileSpec
-from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, make_tree
+from tests.conftest import needs_root
+from tests.unit.engines.snapshot_tree import MTIME_NS, VOLUME, Snapshot, documents, make_tree
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=sorted(ENGINES))
+def _engine_params() -> list[object]:
+    """Every engine; one that runs in a mount namespace (`needs_root`) is slow-marked and needs root."""
+    return [
+        pytest.param(name, marks=[pytest.mark.slow, needs_root()])
+        if getattr(ENGINES[name], "needs_root", False)
+        else name
+        for name in sorted(ENGINES)
+    ]
+
+
+@pytest.fixture(params=_engine_params())
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     return get_engine(request.param, tmp_path / "repo")
 
@@ -93,3 +106,91 @@ def test_select_components_follows_the_bcd(snap: Snapshot) -> None:
     assert [c.full_path for c in chosen] == ["a", "x\\b"]
     assert all(c.excludes == docs.writers[0].excludes for c in chosen)
     assert select_components(docs, writer_ids=[uuid.uuid4()]) == ()
+
+
+# -- restore -----------------------------------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
+    """Every entry below `root`: kind, permission bits, and content (files) or target (links)."""
+    found: dict[str, tuple[str, int, bytes | str]] = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        info = path.lstat()
+        if path.is_symlink():
+            found[name] = ("link", 0, os.readlink(path))
+        elif path.is_dir():
+            found[name] = ("dir", stat.S_IMODE(info.st_mode), "")
+        elif path.is_file():
+            found[name] = ("file", stat.S_IMODE(info.st_mode), path.read_bytes())
+        elif stat.S_ISFIFO(info.st_mode):
+            found[name] = ("fifo", stat.S_IMODE(info.st_mode), "")
+    return found
+
+
+def _restorable(engine: Engine) -> None:
+    if not engine.capabilities.restore:
+        pytest.skip(f"engine {engine.name} does not restore")
+
+
+def test_restore_gives_back_every_file_under_the_target(engine: Engine, snap: Snapshot, tmp_path: Path) -> None:
+    _restorable(engine)
+    docs = documents()
+    engine.backup(docs, select_components(docs), snap.map)
+    events: list[Progress] = []
+    result = engine.restore(docs.set_id, tmp_path / "out", progress=events.append)
+    restored = tmp_path / "out" / VOLUME.lstrip("/")
+    expected = {k: v for k, v in _tree(snap.root).items() if k != "sock"}
+    assert _tree(restored) == expected
+    assert result.set_id == docs.set_id and result.engine == engine.name
+    assert result.files == sum(1 for kind, _, _ in expected.values() if kind != "dir")
+    assert result.components == ((docs.writers[0].writer_id, "data"),)
+    assert events and {e.phase for e in events} == {Phase.RESTORE} and events[-1].files == result.files
+    assert (restored / "hard-1").stat().st_ino == (restored / "hard-2").stat().st_ino
+    assert (restored / "small.txt").stat().st_mtime_ns == MTIME_NS
+
+
+def test_documents_are_given_back_as_stored(engine: Engine, snap: Snapshot) -> None:
+    _restorable(engine)
+    docs = documents()
+    engine.backup(docs, select_components(docs), snap.map)
+    assert engine.documents(docs.set_id) == docs
+    with pytest.raises(ObjectNotFound):
+        engine.documents(uuid.uuid4())
+
+
+def test_a_target_that_is_not_empty_is_refused_unless_overwrite(engine: Engine, snap: Snapshot, tmp_path: Path) -> None:
+    _restorable(engine)
+    docs = documents()
+    engine.backup(docs, select_components(docs), snap.map)
+    target = tmp_path / "out"
+    (target / VOLUME.lstrip("/")).mkdir(parents=True)
+    stale = target / VOLUME.lstrip("/") / "small.txt"
+    stale.write_text("stale")
+    other = target / "other.txt"
+    other.write_text("mine")
+    with pytest.raises(TargetNotEmpty):
+        engine.restore(docs.set_id, target)
+    assert stale.read_text() == "stale" and sorted(p.name for p in target.iterdir()) == ["other.txt", "srv"]
+    engine.restore(docs.set_id, target, overwrite=True)
+    assert stale.read_text() == "hello\n" and other.read_text() == "mine"
+    assert (target / VOLUME.lstrip("/") / "big.bin").read_bytes() == (snap.root / "big.bin").read_bytes()
+
+
+def test_restore_of_chosen_components_only(engine: Engine, snap: Snapshot, tmp_path: Path) -> None:
+    _restorable(engine)
+    components = (
+        Component(ComponentType.FILE_GROUP, "logs", files=(FileSpec(VOLUME, "logs", "*", recursive=True),)),
+        Component(ComponentType.DATABASE, "db", database_files=(FileSpec(VOLUME, "db", "app.db"),)),
+    )
+    docs = documents(components=components)
+    engine.backup(docs, select_components(docs), snap.map)
+    writer = docs.writers[0].writer_id
+    result = engine.restore(docs.set_id, tmp_path / "out", components=[(writer, "db")])
+    assert result.components == ((writer, "db"),) and result.files == 1
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert files == ["srv/data/db/app.db"]
+    assert (tmp_path / "out/srv/data/db/app.db").read_bytes() == (snap.root / "db" / "app.db").read_bytes()
+    with pytest.raises(ObjectNotFound):
+        engine.restore(docs.set_id, tmp_path / "other", components=[(writer, "nope")])
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())

@@ -14,7 +14,7 @@ import pytest
 from snapport.errors import FreezeTimeout, UsageError, WriterError
 from snapport.model import Attr, BackupType, ComponentType, Context, FileSpec, Volume
 from snapport.osal.mount import containing_mount
-from snapport.writers.base import Deadline, Session, WriterEvent, WriterState
+from snapport.writers.base import Deadline, RestoreContext, Session, WriterEvent, WriterState
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.hook import CLASS_ID, OUTPUT_TAIL_BYTES, HookWriter, check_script
 from snapport.writers.protocol import LogEntry
@@ -104,13 +104,31 @@ def test_every_event_but_identify_runs_the_script(tmp_path: Path) -> None:
     guarded.backup_complete(s, {metadata.components[0].full_path: True}, Deadline.after(5))
     guarded.backup_shutdown(s, Deadline.after(5))
     guarded.abort(s, Deadline.after(5))
-    guarded.pre_restore((), Deadline.after(5))
-    guarded.post_restore((), Deadline.after(5))
+    restore = RestoreContext(uuid.uuid4(), BackupType.FULL, tmp_path / "to", ("/srv/a", "/srv/b"))
+    guarded.pre_restore(restore, Deadline.after(5))
+    guarded.post_restore(restore, Deadline.after(5))
     assert ran.read_text().split() == [
         "prepare-backup", "prepare-snapshot", "freeze", "thaw", "post-snapshot", "backup-complete",
         "backup-shutdown", "abort", "pre-restore", "post-restore",
     ]  # fmt: skip
     assert len(writer.take_event_log()) == 10
+
+
+def test_a_restore_event_tells_the_script_where_the_files_land(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    env = "$SNAPPORT_SET_ID $SNAPPORT_BACKUP_TYPE $SNAPPORT_RESTORE_TARGET $SNAPPORT_COMPONENTS"
+    writer = HookWriter(script(tmp_path, f'echo "$1 {env}" >> {seen}\n'), [volume_of(tmp_path)], host=HOST)
+    restore = RestoreContext(uuid.uuid4(), BackupType.FULL, tmp_path / "to", ("/srv/a", "/srv/b"))
+    GuardedWriter(writer).post_restore(restore, Deadline.after(5))
+    assert seen.read_text().split() == [
+        "post-restore",
+        str(restore.set_id),
+        "full",
+        str(tmp_path / "to"),
+        "/srv/a:/srv/b",
+    ]
+    [entry] = writer.take_event_log()
+    assert json.loads(entry.message)["set_id"] == str(restore.set_id)
 
 
 def test_a_non_zero_exit_vetoes_with_the_last_line_of_stderr(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from snapport.errors import FreezeTimeout, UsageError, WriterError
 from snapport.model import Attr, BackupType, Component, ComponentType, Context, FileSpec, Volume, WriterMetadata
-from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier
 from snapport.writers.protocol import (
     MAX_LINE_BYTES,
     LineReader,
@@ -301,6 +301,10 @@ def test_a_writer_that_speaks_the_protocol_takes_every_event(home: Path) -> None
         writer.backup_complete(s, {"cluster\\db": True}, Deadline.after(5))
         writer.backup_shutdown(s, Deadline.after(5))
         assert writer.take_event_log() == [LogEntry("k", "m")] * 7
+        # a version-1 writer cannot be told where a restore lands: refused here, nothing is sent
+        restore = RestoreContext(s.set_id, BackupType.FULL, Path("/restored"), ("cluster\\db",))
+        with pytest.raises(WriterError, match="speaks protocol version 1, whose pre-restore cannot say where"):
+            writer.pre_restore(restore, Deadline.after(5))
         writer.close()
     assert [r["event"] for r in seen] == [
         "identify", "prepare-backup", "prepare-snapshot", "freeze", "thaw", "post-snapshot", "backup-complete",
@@ -333,13 +337,13 @@ def test_a_writer_that_speaks_another_version_is_refused(home: Path) -> None:
 
     try:
         for reply, message in [
-            (lambda r: hello_reply(writer_id, r, protocol=2, versions=[2]), "protocol version mismatch"),
+            (lambda r: hello_reply(writer_id, r, protocol=3, versions=[3]), "protocol version mismatch"),
             (
                 lambda r: {
                     "id": r["id"],
                     "ok": False,
                     "error": "protocol version 1 is not spoken here",
-                    "versions": [2],
+                    "versions": [3],
                 },
                 "hello failed: protocol version 1 is not spoken here",
             ),
@@ -500,6 +504,7 @@ class FakeWriter:
         self.freeze_s = freeze_s
         self.events: list[tuple[str, uuid.UUID | None]] = []
         self.aborted = threading.Event()
+        self.restores: list[RestoreContext] = []
 
     def identify(self, deadline: Deadline) -> WriterMetadata:
         return metadata(self.writer_id)
@@ -531,11 +536,13 @@ class FakeWriter:
     def backup_shutdown(self, session: Session, deadline: Deadline) -> None:
         self.events.append(("backup-shutdown", session.set_id))
 
-    def pre_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self.events.append(("pre-restore", None))
+    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self.events.append(("pre-restore", restore.set_id))
+        self.restores.append(restore)
 
-    def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
-        self.events.append(("post-restore", None))
+    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
+        self.events.append(("post-restore", restore.set_id))
+        self.restores.append(restore)
 
     def take_event_log(self) -> list[LogEntry]:
         return [LogEntry("fake-log", f"after {len(self.events)} events")]
@@ -575,6 +582,36 @@ def test_the_service_runs_each_event_and_passes_its_log_on(home: Path) -> None:
         assert not fake.aborted.is_set()  # the set was made: a hang-up now undoes nothing
         assert [e for e, _ in fake.events] == ["prepare-backup", "prepare-snapshot", "freeze", "thaw", "post-snapshot"]
         assert writer.take_event_log()[-1] == LogEntry("fake-log", "after 5 events")
+
+
+def test_the_service_takes_restore_events_with_their_context_in_version_2(home: Path) -> None:
+    fake = FakeWriter()
+    restore = RestoreContext(
+        uuid.uuid4(), BackupType.COPY, Path("/restored"), ("cluster\\db",), {"cluster\\db": "label"}, "one"
+    )
+    with served(home, fake) as (path, _service):
+        writer = RemoteWriter(path)
+        assert writer.identity is not None and writer.identity.protocol == 2
+        writer.pre_restore(restore, Deadline.after(5))
+        writer.post_restore(restore, Deadline.after(5))
+        writer.close()
+    assert fake.events == [("pre-restore", restore.set_id), ("post-restore", restore.set_id)]
+    assert fake.restores == [restore, restore]
+    assert fake.restores[0].location("/srv/db/file") == Path("/restored/srv/db/file")
+
+
+def test_the_service_speaks_version_1_to_an_old_coordinator_and_refuses_it_restores(home: Path) -> None:
+    fake = FakeWriter()
+    with served(home, fake) as (path, _service), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with unix_address(path) as address:
+            sock.connect(address)
+        reader = LineReader(sock)
+        send(sock, {"v": 1, "id": 0, "event": "hello", "versions": [1]})
+        assert json.loads(reader.read_line(5) or b"")["protocol"] == 1
+        send(sock, {"v": 1, "id": 1, "event": "pre-restore", "deadline_s": 5, "components": ["cluster\\db"]})
+        reply = json.loads(reader.read_line(5) or b"")
+        assert reply["ok"] is False and "needs protocol version 2" in reply["error"]
+    assert fake.events == []
 
 
 def test_the_service_aborts_when_its_coordinator_hangs_up_while_frozen(home: Path) -> None:
@@ -627,10 +664,10 @@ def test_the_service_refuses_other_versions_and_cuts_off_garbage(home: Path) -> 
         with unix_address(path) as address:
             sock.connect(address)
         reader = LineReader(sock)
-        send(sock, {"v": 2, "id": 1, "event": "hello"})
+        send(sock, {"v": 3, "id": 1, "event": "hello"})
         reply = json.loads(reader.read_line(5) or b"")
-        assert reply["id"] == 1 and reply["ok"] is False and reply["versions"] == [1]
-        assert "protocol version 2 is not spoken here" in reply["error"]
+        assert reply["id"] == 1 and reply["ok"] is False and reply["versions"] == [1, 2]
+        assert "protocol version 3 is not spoken here" in reply["error"]
         s = session_to_json(session())
         send(sock, {"v": 1, "id": 2, "event": "prepare-snapshot", "deadline_s": 5, "session": s})
         assert json.loads(reader.read_line(5) or b"")["ok"] is True

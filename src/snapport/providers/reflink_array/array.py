@@ -27,6 +27,7 @@ from typing import Any
 
 from snapport.errors import (
     BadState,
+    ImportRefused,
     ObjectNotFound,
     ProviderError,
     ProviderVeto,
@@ -234,9 +235,14 @@ class _Transaction:
     ) -> None:
         try:
             if exc_type is None:
-                write_atomically(
-                    self.array.path / MANIFEST_NAME, self._manifest.to_bytes(), fault_point="array.manifest"
-                )
+                try:
+                    write_atomically(
+                        self.array.path / MANIFEST_NAME, self._manifest.to_bytes(), fault_point="array.manifest"
+                    )
+                except OSError as error:  # e.g. EPERM, EROFS, ENOSPC: the array's directory cannot be written
+                    raise ProviderError(
+                        f"cannot update the manifest of array {self.array.path}: {error.strerror or error}"
+                    ) from error
                 self.committed = True
         finally:
             self._lock.__exit__(exc_type, exc, tb)
@@ -360,7 +366,53 @@ class Array:
     def orphan_images(self) -> list[Path]:
         """Images with no manifest entry (a process died between making the image and recording it)."""
         known = {lun.id for lun in self._read().luns}
-        return sorted(p for p in (self.path / LUNS_DIR).glob("*.img") if p.stem not in known)
+        images = (self.path / LUNS_DIR).glob("*.img")
+        return sorted(p for p in images if _LUN_ID.match(p.stem) and p.stem not in known)  # only our own naming
+
+    def stale_presentations(self, host: str) -> list[tuple[str, str]]:
+        """(LUN id, device) recorded as presented to `host` whose loop device no longer presents the LUN's image."""
+        return [
+            (lun.id, device)
+            for lun in self._read().luns
+            for device in lun.devices_on(host)
+            if loop.backing_file(device) != str(self.image(lun.id))
+        ]
+
+    def prune_presentations(self, host: str) -> list[tuple[str, str]]:
+        """Forget the presentations to `host` whose loop device is gone (or now backs something else)."""
+        pruned = []
+        with self._transaction() as manifest:
+            for lun in list(manifest.luns):
+                image = str(self.image(lun.id))
+                live = [d for d in lun.devices_on(host) if loop.backing_file(d) == image]
+                pruned += [(lun.id, d) for d in lun.devices_on(host) if d not in live]
+                manifest.put(lun.with_devices(host, live))
+        return pruned
+
+    def stray_devices(self, also_known: Iterable[str] = ()) -> list[tuple[str, str]]:
+        """(device, LUN id) of loop devices on this machine backed by one of the array's images (our naming) that
+        no host's presentation records, nor `also_known` (devices a catalog records)."""
+        return self._strays(self._read(), set(also_known))
+
+    def _strays(self, manifest: _Manifest, known: set[str]) -> list[tuple[str, str]]:
+        known |= {device for lun in manifest.luns for _, devices in lun.presented_to for device in devices}
+        prefix = f"{self.path / LUNS_DIR}/"
+        found = []
+        for attached in loop.attached(self.runner):
+            name = attached.backing_file.removeprefix(prefix)
+            ours = attached.backing_file.startswith(prefix) and name.endswith(".img") and _LUN_ID.match(name[:-4])
+            if ours and attached.device not in known:
+                found.append((attached.device, name[:-4]))
+        return found
+
+    def detach_stray(self, device: str, also_known: Iterable[str] = ()) -> bool:
+        """Detach `device` if it is still a stray of this array (checked again under the array lock, so a
+        presentation being made meanwhile is never taken for one); refuses a mounted one. False if not a stray."""
+        with self._transaction() as manifest:
+            if device not in {d for d, _ in self._strays(manifest, set(also_known))}:
+                return False
+            blockdev.refuse_if_mounted(device, f"detach the stray loop device {device}")
+            return loop.detach(self.runner, device)
 
     # -- LUNs --------------------------------------------------------------------------------------------------
 
@@ -388,8 +440,10 @@ class Array:
             raise
         return lun
 
-    def present(self, lun_id: str, host: str, *, read_only: bool = False) -> str:
-        """Attach the LUN as a loop device for `host` and return it; idempotent for the same host and mode."""
+    def present(self, lun_id: str, host: str, *, read_only: bool = False, exclusive: bool = False) -> str:
+        """Attach the LUN as a loop device for `host` and return it; idempotent for the same host and mode.
+        `exclusive` (an import): `ImportRefused` while another host has it presented, decided under the array's
+        lock, so of two hosts importing one snapshot at the same moment exactly one wins."""
         _valid_host(host)
         attached: str | None = None
         txn = self._transaction()
@@ -399,6 +453,16 @@ class Array:
                 if lun.state != READY:
                     raise BadState(f"LUN {lun_id} is {lun.state}: its snapshot is not complete")
                 image = str(self.image(lun_id))
+                if exclusive:
+                    others = [
+                        other
+                        for other in lun.hosts
+                        if other != host and any(loop.backing_file(d) == image for d in lun.devices_on(other))
+                    ]
+                    if others:
+                        raise ImportRefused(
+                            f"LUN {lun_id} of array {self.array_id} is already imported by {', '.join(others)}"
+                        )
                 live = [d for d in lun.devices_on(host) if loop.backing_file(d) == image]
                 manifest.put(lun.with_devices(host, live))  # forget devices that are gone
                 for device in live:

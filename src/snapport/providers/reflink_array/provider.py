@@ -214,7 +214,7 @@ class ReflinkArrayProvider:
 
     def import_snapshot(self, locator: Locator) -> str:
         array, lun = self._importable(locator)
-        return array.present(lun.id, self.host.name, read_only=True)
+        return array.present(lun.id, self.host.name, read_only=True, exclusive=True)  # the check again, under the lock
 
     def unimport(self, locator: Locator, device: str) -> None:
         try:
