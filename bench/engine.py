@@ -158,8 +158,9 @@ def world(base: Path, gib: float, files: int) -> Iterator[tuple[Path, Path, SetD
                 print(f"cleanup: {exc}", file=sys.stderr)
 
 
-def run(base: Path, gib: float, files: int, engines: list[str]) -> dict[str, object]:
+def run(base: Path, gib: float, files: int, engines: list[str], repo_dir: Path | None = None) -> dict[str, object]:
     results: dict[str, object] = {"gib": gib, "files": files, "load_before": os.getloadavg()}
+    results["repo_dir"] = str(repo_dir or base)
     with world(base, gib, files) as (exposed, volume, docs, _set_id):
         filesystem = [w.writer_id for w in docs.writers if w.name == "filesystem"]
         components = select_components(docs, writer_ids=filesystem)
@@ -175,13 +176,15 @@ def run(base: Path, gib: float, files: int, engines: list[str]) -> dict[str, obj
 
         def engine_backup(name: str) -> Callable[[], object]:
             def action() -> None:
-                repo = base / f"repo-{name}-{uuid.uuid4().hex[:6]}"
+                repo = (repo_dir or base) / f"snapport-bench-repo-{name}-{uuid.uuid4().hex[:6]}"
                 try:
-                    engine, _, level = name.partition("@")
-                    if level == "adaptive":
-                        chosen: Engine = ArchiveEngine(repo, compression="adaptive")
+                    engine, _, variant = name.partition("@")  # archive@LEVEL (fixed), @adaptive, @none
+                    if variant in ("adaptive", "none"):
+                        chosen: Engine = ArchiveEngine(repo, compression=variant)
+                    elif variant:
+                        chosen = ArchiveEngine(repo, level=int(variant), compression="fixed")
                     else:
-                        chosen = ArchiveEngine(repo, level=int(level)) if level else get_engine(engine, repo)
+                        chosen = get_engine(engine, repo)
                     result = chosen.backup(docs, components, mapping)
                     stored[name] = round(result.stored_bytes / (1 << 20), 1)
                 finally:
@@ -216,6 +219,14 @@ def main() -> None:
     parser.add_argument("--engines", default="archive,restic", help="comma-separated (default: archive,restic)")
     parser.add_argument("--level", type=int, action="append", default=[], help="also the archive engine at LEVEL")
     parser.add_argument("--adaptive", action="store_true", help="also the archive engine, adaptive compression")
+    parser.add_argument("--none", action="store_true", help="also the archive engine, without compression")
+    parser.add_argument(
+        "--repo-dir",
+        type=Path,
+        default=None,
+        help="where the repositories go (default: --base-dir's disk; e.g. "
+        "/dev/shm to time the engine without the cost of writing its output, which the raw read does not pay)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -223,9 +234,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     engines = args.engines.split(",") + [f"archive@{level}" for level in args.level]
     engines += ["archive@adaptive"] if args.adaptive else []
+    engines += ["archive@none"] if args.none else []
     base = Path(tempfile.mkdtemp(prefix="snapport-bench-engine-", dir=args.base_dir))
     try:
-        results = run(base, args.gib, args.files, engines)
+        results = run(base, args.gib, args.files, engines, args.repo_dir)
     finally:
         mounted = [p for p in (base / "volume", base / "arrayfs") if os.path.ismount(p)]
         if mounted:  # never delete through a mount that stayed: say so, and leave it for a human

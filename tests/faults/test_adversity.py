@@ -435,7 +435,9 @@ def failure(done: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("event", "bound"), [("freeze", ("--freeze-timeout", "3")), ("prepare-snapshot", ())], ids=["freeze", "prepare"]
+    ("event", "bound"),
+    [("freeze", ("--freeze-timeout", "3")), ("prepare-snapshot", ("--event-timeout", "5"))],
+    ids=["freeze", "prepare"],
 )
 def test_a_writer_hangs(fault_lab: FaultLab, tmp_path: Path, event: str, bound: tuple[str, ...]) -> None:
     script = hook_script(tmp_path / "hooks", f"hang-{event}.sh", f'[ "$1" = {event} ] && exec sleep 3600')
@@ -519,7 +521,7 @@ def test_a_writer_hangs_in_thaw_while_the_volume_is_frozen(fault_lab: FaultLab, 
     fault_lab.restart_agent("one", {"SNAPPORT_FAULT": "writer.thaw:hang", "SNAPPORT_FAULT_LOG": str(fault_log)})
     before = set(sets_of(fault_lab, "one"))
     backup = subprocess.Popen(
-        fault_lab.offhost_argv(tmp_path / "repo", "--freeze-timeout", "3"),
+        fault_lab.offhost_argv(tmp_path / "repo", "--freeze-timeout", "3", "--event-timeout", "8"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

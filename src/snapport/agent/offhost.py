@@ -97,6 +97,7 @@ class OffhostParams(_Model):
     engine: str = Field(DEFAULT_ENGINE, description="the backup engine on the proxy: archive or restic")
     lease_s: float | None = Field(None, gt=0, le=7 * 86400, description="default: lease_default_s")
     freeze_timeout_s: float = Field(60.0, gt=0, le=600)
+    event_timeout_s: float = Field(60.0, gt=0, le=3600, description="the bound of every other writer event")
     backup_session: bool = Field(
         True,
         description="false: data mining: the set is made in the persistent context app-rollback, handed over, and "
@@ -304,6 +305,7 @@ def _create_set(agent: Agent, params: OffhostParams) -> CreatedSet:
         context=context,
         modifiers=modifiers,
         freeze_timeout_s=params.freeze_timeout_s,
+        event_timeout_s=params.event_timeout_s,
         writer_specs=tuple(params.writers),
         description=description,
     )

@@ -28,6 +28,8 @@ from snapport.cli.env import Env, json_option, pass_env
 @click.option("--lease", "lease_s", type=click.FloatRange(1, 7 * 86400), default=None, metavar="SECONDS",
               help="The proxy's lease [default: the source agent's lease_default_s].")  # fmt: skip
 @click.option("--freeze-timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True, metavar="SECONDS")
+@click.option("--event-timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True, metavar="SECONDS",
+              help="The bound of every other writer event (prepare, thaw, post-snapshot, abort...).")  # fmt: skip
 @click.option("--no-backup-session", "no_backup_session", is_flag=True,
               help="Data mining: a persistent (app-rollback) set for the proxy; the source's session ends right "
               "after the handover, without BackupComplete; the command returns then.")  # fmt: skip
@@ -44,6 +46,7 @@ def offhost_backup(
     engine: str,
     lease_s: float | None,
     freeze_timeout: float,
+    event_timeout: float,
     no_backup_session: bool,
     server_name: str | None,
     as_json: bool,
@@ -62,6 +65,7 @@ def offhost_backup(
         "engine": engine,
         "lease_s": lease_s,
         "freeze_timeout_s": freeze_timeout,
+        "event_timeout_s": event_timeout,
         "backup_session": not no_backup_session,
     }
     result = asyncio.run(_follow(client, params, as_json))

@@ -48,6 +48,8 @@ def _snapshots_json(snapshot_set: SnapshotSet) -> list[dict[str, object]]:
 )
 @click.option("--freeze-timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--commit-timeout", type=click.FloatRange(0.01, 120), default=10.0, show_default=True, metavar="SECONDS")
+@click.option("--event-timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True, metavar="SECONDS",
+              help="The bound of every other writer event (prepare, thaw, post-snapshot, abort...).")  # fmt: skip
 @click.option("--description", default="", help="A note kept with the set.")
 @click.option(
     "--on-writer-failure",
@@ -69,6 +71,7 @@ def create(
     out: Path | None,
     freeze_timeout: float,
     commit_timeout: float,
+    event_timeout: float,
     description: str,
     on_writer_failure: str,
     as_json: bool,
@@ -81,6 +84,7 @@ def create(
         backup_type=BackupType(backup_type),
         freeze_timeout_s=freeze_timeout,
         commit_timeout_s=commit_timeout,
+        event_timeout_s=event_timeout,
         provider=provider,
         description=description,
         writer_specs=writer_specs,

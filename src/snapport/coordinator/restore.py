@@ -18,16 +18,17 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from snapport.catalog import Catalog
+from snapport.coordinator.recording import record_writer
 from snapport.engines.base import ComponentKey, Engine, ProgressCallback, RestoreResult, SetDocuments
 from snapport.errors import ObjectNotFound, RestoreIncomplete, SnapportError, TargetNotEmpty, UsageError
 from snapport.model import WriterMetadata
 from snapport.writers.base import Deadline, RestoreContext, Tier, Writer
 from snapport.writers.filesystem import FilesystemWriter
-from snapport.writers.guarded import EventRecord, GuardedWriter
+from snapport.writers.guarded import GuardedWriter
 from snapport.writers.hook import HookWriter
 from snapport.writers.mariadb import MariadbWriter
 from snapport.writers.postgresql import PostgresqlWriter
@@ -52,7 +53,6 @@ class RestoreOutcome:
 class _Planned:
     writer: GuardedWriter
     context: RestoreContext
-    records: list[EventRecord] = field(default_factory=list)
 
 
 def component_choices(documents: SetDocuments) -> dict[ComponentKey, str]:
@@ -294,16 +294,7 @@ class _Journal:
         if self.catalog is None or not self.knows_set:
             return
         for planned in plan:
-            for record in planned.writer.take_records():
-                self.catalog.record_writer_event(
-                    self.set_id,
-                    str(record.writer_id),
-                    record.event.value,
-                    started_at=record.started_at,
-                    duration_ms=record.duration_ms,
-                    ok=record.ok,
-                    error=record.error,
-                )
+            record_writer(self.catalog, self.set_id, planned.writer)
 
     def failed(self, step: str, reason: str, plan: Sequence[_Planned]) -> None:
         self._record("restore-failed", {"step": step, "error": reason}, plan)

@@ -101,8 +101,13 @@ BATCH_BYTES = 2 << 20  # content bytes per read-ahead task, at most (a larger fi
 READERS = 4  # read-ahead threads: enough to keep a cold device busy with small files
 SEGMENT = 4 << 20  # tar bytes per zstd frame: ~1% more bytes than one frame, and frames compress in parallel
 WRITE_BACK = 64 << 20  # archive bytes between two writeback kicks
-COMPRESSION_MODES = ("adaptive", "fixed")  # adaptive: frames step down from `level` while zstd is behind the read
-ADAPT_LEVELS = (3, 1, -1, -3, -5, -10, -20)  # the steps an adaptive backup takes below its level (docs/engines.md)
+# adaptive: frames step down from `level` while zstd is behind the read, to storing them uncompressed at the last;
+# fixed: every frame at `level`; none: every frame stored uncompressed (still zstd frames, read the same way)
+COMPRESSION_MODES = ("adaptive", "fixed", "none")
+STORED: None = None  # the "level" of a frame stored uncompressed
+ADAPT_LEVELS = (3, 1, -1, -3, -5, -10, -20, STORED)  # the steps an adaptive backup takes below `level` (docs)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_RAW_BLOCK = 128 << 10  # the largest block a zstd frame may hold
 _FILE_MODE = 0o600  # a backup holds every secret of the volume it copies
 _DIR_MODE = 0o700
 _BLOCK = tarfile.BLOCKSIZE
@@ -122,12 +127,14 @@ class _FrameSink:
     oldest frame, the next frames go one step down `ADAPT_LEVELS` (never below its last); when no frame is left in
     flight, the pool waits for data, and the next frames go one step back up, never above `level`."""
 
-    def __init__(self, raw: IO[bytes], level: int, workers: int, hasher: Hasher, *, adapt: bool = False) -> None:
+    def __init__(self, raw: IO[bytes], level: int | None, workers: int, hasher: Hasher, *, adapt: bool = False) -> None:
         self._raw = raw
         self._hasher = hasher
-        self._levels = [level] + [lower for lower in ADAPT_LEVELS if lower < level] if adapt and workers else [level]
+        self._levels: list[int | None] = [level]
+        if adapt and workers and level is not None:
+            self._levels += [lower for lower in ADAPT_LEVELS if lower is None or lower < level]
         self._step = 0  # index in `_levels` of the level the next frame gets
-        self.frame_levels: dict[int, int] = {}  # level -> frames compressed at it
+        self.frame_levels: dict[int | None, int] = {}  # level (None: stored) -> frames made at it
         self._local = threading.local()
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="snapport-zstd") if workers > 0 else None
@@ -194,8 +201,11 @@ class _FrameSink:
         self._in_flight.append(self._pool.submit(self._compress, buffer, length, level))
         self._drain(self._max_in_flight)
 
-    def _compress(self, buffer: bytearray, length: int, level: int) -> tuple[bytes, bytearray]:
+    def _compress(self, buffer: bytearray, length: int, level: int | None) -> tuple[bytes, bytearray]:
         """Run in the pool: one whole frame in one call (zstd sizes its output from the input at once)."""
+        if level is STORED:
+            with memoryview(buffer) as view:
+                return stored_frame(view[:length]), buffer
         compressors: dict[int, ZstdCompressor] | None = getattr(self._local, "compressors", None)
         if compressors is None:
             compressors = self._local.compressors = {}
@@ -229,6 +239,21 @@ class _FrameSink:
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self._raw.fileno(), 0, self.stored_bytes, os.POSIX_FADV_DONTNEED)
             self._written_back = self.stored_bytes
+
+
+def stored_frame(data: memoryview) -> bytes:
+    """`data` as one zstd frame of raw (uncompressed) blocks, as RFC 8878 defines them: what a backup writes when
+    compressing cannot keep up with reading. No content checksum (that needs XXH64): the archive's own digest in
+    set.json and every file's digest in the manifest cover it."""
+    size = len(data)
+    # Frame header descriptor 0xE0: an 8-byte content size, single segment (no window descriptor), no checksum.
+    out = bytearray(_ZSTD_MAGIC + b"\xe0" + size.to_bytes(8, "little"))
+    for start in range(0, max(size, 1), _ZSTD_RAW_BLOCK):
+        end = min(start + _ZSTD_RAW_BLOCK, size)
+        last = 1 if end == size else 0
+        out += ((end - start) << 3 | last).to_bytes(3, "little")  # Block_Type 0 (raw) in bits 1-2
+        out += data[start:end]
+    return bytes(out)
 
 
 class _HashingReader:
@@ -540,7 +565,8 @@ def _load(entry: Entry, algorithm: str) -> _Loaded:
 
 class ArchiveEngine:
     """The `archive` engine on the repository directory `repository` (created by the first backup into it): zstd
-    `level` for every frame, or (`compression="adaptive"`) at most; `workers` threads compress (0: the caller's)."""
+    `level` for every frame (`compression="fixed"`), at most (`"adaptive"`, down to storing frames uncompressed when
+    compressing falls behind the read), or none (`"none"`); `workers` threads compress (0: the caller's)."""
 
     name = ENGINE_NAME
     capabilities = Capabilities(
@@ -556,7 +582,7 @@ class ArchiveEngine:
         repository: Path,
         *,
         level: int = DEFAULT_LEVEL,
-        compression: str = "adaptive",
+        compression: str = "fixed",
         workers: int | None = None,
         digest_algorithm: str | None = None,
         progress_interval_s: float = 0.2,
@@ -570,6 +596,11 @@ class ArchiveEngine:
         self.digest_algorithm = digest_algorithm or default_digest_algorithm()
         new_hasher(self.digest_algorithm)  # refuse an unavailable algorithm now, not after reading the data
         self.progress_interval_s = progress_interval_s
+
+    @property
+    def _frame_level(self) -> int | None:
+        """The level of the first frame (`STORED` without compression)."""
+        return STORED if self.compression == "none" else self.level
 
     @property
     def sets_dir(self) -> Path:
@@ -787,7 +818,9 @@ class ArchiveEngine:
         with (
             _ReadAhead(entries, self.digest_algorithm) as ahead,
             _create(path) as raw,
-            _FrameSink(raw, self.level, self.workers, archive_hasher, adapt=self.compression == "adaptive") as sink,
+            _FrameSink(
+                raw, self._frame_level, self.workers, archive_hasher, adapt=self.compression == "adaptive"
+            ) as sink,
         ):
             meter(Phase.BACKUP, 0, 0, total, force=True)
             for entry in entries:

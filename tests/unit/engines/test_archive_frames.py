@@ -158,10 +158,49 @@ def test_adaptive_compression_steps_down_when_zstd_falls_behind_and_the_stream_s
         for _ in range(12):  # a copy into the buffer is far quicker than zstd on 4 MiB: frames pile up
             sink.write(text)
         sink.finish()
-    assert len(sink.frame_levels) > 1 and min(sink.frame_levels) < 1 and max(sink.frame_levels) == 1
+    levels = [level for level in sink.frame_levels if level is not None]
+    assert len(sink.frame_levels) > 1 and min(levels) < 1 and max(levels) == 1
     data = (tmp_path / "out.zst").read_bytes()
     assert frames(data) == 13
     assert decompress(data)[: 12 * SEGMENT] == text * 12
+
+
+def test_stored_frames_are_zstd_that_zstd_gnu_tar_engine_restore_and_verify_read(
+    big_snap: Snapshot, tmp_path: Path
+) -> None:
+    engine = ArchiveEngine(tmp_path / "repo", compression="none")
+    docs = documents()
+    engine.backup(docs, whole_volume(docs), big_snap.map)
+    path = engine.sets_dir / str(docs.set_id) / ARCHIVE_FILE
+    archive = path.read_bytes()
+    tar = decompress(archive)
+    assert frames(archive) == -(-len(tar) // SEGMENT) > 2
+    assert len(archive) > len(tar)  # stored: the tar bytes plus frame and block headers
+    subprocess.run(["zstd", "-t", "-q", str(path)], check=True)
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(path), "-C", str(gnu)], check=True)
+    engine.restore(docs.set_id, tmp_path / "restored")
+    for path_in_snapshot in big_snap.root.rglob("*"):
+        if path_in_snapshot.is_file() and not path_in_snapshot.is_symlink():
+            relative = VOLUME.lstrip("/") + "/" + str(path_in_snapshot.relative_to(big_snap.root))
+            for root in (gnu, tmp_path / "restored"):
+                assert (root / relative).read_bytes() == path_in_snapshot.read_bytes(), relative
+    assert engine.verify(docs.set_id).intact
+    flipped = bytearray(archive)
+    flipped[len(flipped) // 2] ^= 0x01  # inside a raw block: only the digests can tell
+    path.write_bytes(flipped)
+    assert not engine.verify(docs.set_id).intact
+
+
+def test_adaptive_compression_falls_back_to_stored_frames_at_its_last_step(tmp_path: Path) -> None:
+    text = b"".join(b"row %d of a table with status %d\n" % (i, i % 7) for i in range(200_000))[:SEGMENT]
+    with (tmp_path / "out.zst").open("wb") as raw, _FrameSink(raw, -20, 1, blake3(), adapt=True) as sink:
+        for _ in range(24):
+            sink.write(text)
+        sink.finish()
+    assert set(sink.frame_levels) == {-20, None}
+    assert decompress((tmp_path / "out.zst").read_bytes())[: 24 * SEGMENT] == text * 24
 
 
 def test_an_unknown_compression_mode_is_refused(tmp_path: Path) -> None:
