@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
 import click
 
 from snapport.cli.env import Env, json_option, pass_env
+from snapport.cli.output import progress_line
 
 
 @click.command("offhost-backup")
@@ -123,7 +123,7 @@ async def _follow(client: Any, params: dict[str, Any], as_json: bool) -> dict[st
                 if as_json and phase and (phase, fraction, job.progress.bytes_done) != last_event:
                     last_event = (phase, fraction, job.progress.bytes_done)
                     event = {"phase": phase, "fraction": fraction, "bytes_done": job.progress.bytes_done}
-                    print(json.dumps({"elapsed_s": round(now, 3), **event}), file=sys.stderr, flush=True)
+                    progress_line(now, event)
                 if job.state.finished:
                     break
                 await asyncio.sleep(0.25)

@@ -23,6 +23,11 @@ def emit_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+def progress_line(elapsed_s: float, event: dict[str, Any]) -> None:
+    """One progress event as a JSON line on stderr (what a --json verb streams while it works)."""
+    print(json.dumps({"elapsed_s": round(elapsed_s, 3), **event}), file=sys.stderr, flush=True)
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for column in columns:

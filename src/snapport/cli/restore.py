@@ -3,7 +3,6 @@ to a persistent snapshot): docs/restore.md."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from snapport.cli.env import Env, find_set, json_option, pass_env
-from snapport.cli.output import emit_json
+from snapport.cli.output import emit_json, progress_line
 from snapport.cli.verify import repo_option, resolve_set
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ def restore(
     last = [0.0]
 
     def line(payload: dict[str, object]) -> None:
-        print(json.dumps({"elapsed_s": round(time.monotonic() - started, 3), **payload}), file=sys.stderr, flush=True)
+        progress_line(time.monotonic() - started, payload)
 
     def progress(p: Progress) -> None:
         if as_json:
