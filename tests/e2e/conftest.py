@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -107,6 +107,12 @@ class LabUnderTest:
             time.sleep(0.1)
         raise AssertionError(f"the proxy job did not reach {phase}: {self.proxy_job()}")
 
+    def release(self) -> None:
+        """Stop what the tests started in the lab, before `lab down`."""
+        if self.proxy_agent is not None:
+            self.proxy_agent.kill()
+            self.proxy_agent.wait(timeout=30)
+
     def link(self, up: bool) -> None:
         netns = self.lab.two.netns
         subprocess.run(["ip", "-n", netns, "link", "set", "lab0", "up" if up else "down"], check=True, timeout=30)
@@ -120,26 +126,33 @@ def wait_until(condition: Any, *, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabUnderTest]:
-    directory = tmp_path_factory.mktemp("e2e") / "lab"
+L = TypeVar("L", bound="LabUnderTest")
+
+
+def running_lab(tmp_path_factory: pytest.TempPathFactory, name: str, cls: type[L]) -> Iterator[L]:
+    """One lab for a module: up, handed out as `cls`, then what the tests started released, `lab down`, and
+    nothing of the lab left behind."""
+    directory = tmp_path_factory.mktemp(name) / "lab"
     suffix = new_suffix()
     up = snapport("lab", "up", "--dir", str(directory), "--suffix", suffix, *SMALL, "--json", timeout=300)
-    under_test: LabUnderTest | None = None
+    under_test: L | None = None
     try:
         assert up.returncode == 0, up.stderr
-        under_test = LabUnderTest(directory, suffix)
+        under_test = cls(directory, suffix)
         yield under_test
     finally:
         processes = recorded_processes(directory)
         if under_test is not None:
             subprocess.run(["ip", "-n", f"snapport-two-{suffix}", "link", "set", "lab0", "up"], check=False)
-            if under_test.proxy_agent is not None:
-                under_test.proxy_agent.kill()
-                under_test.proxy_agent.wait(timeout=30)
+            under_test.release()
         down = snapport("lab", "down", "--dir", str(directory), timeout=300)
         assert down.returncode == 0, down.stderr
         assert leftovers(directory, suffix, processes) == []
+
+
+@pytest.fixture(scope="module")
+def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabUnderTest]:
+    yield from running_lab(tmp_path_factory, "e2e", LabUnderTest)
 
 
 def result_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:

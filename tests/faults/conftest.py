@@ -16,10 +16,9 @@ import pytest
 from snapport.lab.agents import serve_argv, wait_listening
 from snapport.osal import loop
 from snapport.providers.reflink_array.array import Array
-from tests.e2e.conftest import LabUnderTest
+from tests.e2e.conftest import LabUnderTest, running_lab
 from tests.faults import reliability
 from tests.faults.cases import OFF_FLOW, PREAMBLE
-from tests.integration.lab.conftest import SMALL, leftovers, new_suffix, recorded_processes, snapport
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -115,23 +114,11 @@ class FaultLab(LabUnderTest):
         self.agents.clear()
         self.proxy_agent = None
 
+    def release(self) -> None:
+        self.kill_started()
+        self.scrub()  # a failed case's leftovers would keep `lab down` from unmounting the array
+
 
 @pytest.fixture(scope="module")
 def fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
-    directory = tmp_path_factory.mktemp("faults") / "lab"
-    suffix = new_suffix()
-    up = snapport("lab", "up", "--dir", str(directory), "--suffix", suffix, *SMALL, "--json", timeout=300)
-    under_test: FaultLab | None = None
-    try:
-        assert up.returncode == 0, up.stderr
-        under_test = FaultLab(directory, suffix)
-        yield under_test
-    finally:
-        processes = recorded_processes(directory)
-        if under_test is not None:
-            subprocess.run(["ip", "-n", f"snapport-two-{suffix}", "link", "set", "lab0", "up"], check=False)
-            under_test.kill_started()
-            under_test.scrub()  # a failed case's leftovers would keep `lab down` from unmounting the array
-        down = snapport("lab", "down", "--dir", str(directory), timeout=300)
-        assert down.returncode == 0, down.stderr
-        assert leftovers(directory, suffix, processes) == []
+    yield from running_lab(tmp_path_factory, "faults", FaultLab)
