@@ -147,7 +147,7 @@ def test_link_cut_mid_backup_lease_expires_and_both_sides_clean_up(lab_up: LabUn
         assert lab_up.backup_completes(set_id) == 0  # never fired
         # The session ended failed; systemOne deletes the snapshot once the proxy, cut off, has let go of it (its
         # own lease runs out too), so the set may still be `deleting` when the command returns.
-        wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=60, what="the proxy's clean-up")
+        wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=180, what="the proxy's clean-up")
         wait_until(lambda: lab_up.set_state("one", set_id) == "deleted", timeout_s=90, what="systemOne's delete")
         assert lab_up.exposed_on_two() == []
     finally:
