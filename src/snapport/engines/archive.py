@@ -81,6 +81,7 @@ from snapport.engines.base import (
 from snapport.engines.walk import Entry, EntryType, Selection, open_checked, select
 from snapport.errors import BadState, DocumentError, ObjectNotFound, SystemCommandError, UsageError
 from snapport.faults import inject
+from snapport.osal import memory
 from snapport.osal.atomic import fsync_dir
 from snapport.osal.lock import FileLock
 
@@ -99,6 +100,10 @@ READ_AHEAD_BATCHES = 64  # batches of entries the pool may hold ready or in prog
 BATCH_FILES = 64  # entries per read-ahead task, at most
 BATCH_BYTES = 2 << 20  # content bytes per read-ahead task, at most (a larger file is a batch of its own)
 READERS = 4  # read-ahead threads: enough to keep a cold device busy with small files
+STORE_RUN = 128 << 10  # a file this large whose sample does not compress goes into stored frames of its own
+PROBE = 32 << 10  # the sample, from PROBE_AT in (or the start of a smaller file)
+PROBE_AT = 4 << 10  # past most formats' headers, which compress even in media and archives
+INCOMPRESSIBLE = 0.95  # a sample compressing to more than this share of its size is incompressible
 SEGMENT = 4 << 20  # tar bytes per zstd frame: ~1% more bytes than one frame, and frames compress in parallel
 WRITE_BACK = 64 << 20  # archive bytes between two writeback kicks
 # adaptive: frames step down from `level` while zstd is behind the read, to storing them uncompressed at the last;
@@ -108,6 +113,7 @@ STORED: None = None  # the "level" of a frame stored uncompressed
 ADAPT_LEVELS = (3, 1, -1, -3, -5, -10, -20, STORED)  # the steps an adaptive backup takes below `level` (docs)
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_RAW_BLOCK = 128 << 10  # the largest block a zstd frame may hold
+_IOV_MAX = 1024  # buffers per writev
 _FILE_MODE = 0o600  # a backup holds every secret of the volume it copies
 _DIR_MODE = 0o700
 _BLOCK = tarfile.BLOCKSIZE
@@ -118,28 +124,31 @@ _RECORD = tarfile.RECORDSIZE
 
 
 class _FrameSink:
-    """Tar bytes in; out to `raw`, one zstd frame (with its content checksum) per `SEGMENT` of tar. Frames are
-    independent, so a pool of `workers` threads compresses them side by side (zstd releases the GIL) while the caller
-    reads on; they are written, digested and counted in order. Concatenated frames are one zstd stream to every
-    reader (`zstd -d`, `tar --zstd`, `ZstdFile`). A caller may read straight into `space()` and `advance()`.
+    """Tar bytes in; out to `raw`'s descriptor, one zstd frame (with its content checksum) per `SEGMENT` of tar.
+    Frames are independent, so a pool of `workers` threads compresses them side by side (zstd releases the GIL)
+    while the caller reads on; they are written (with writev), digested and counted in order. Concatenated frames
+    are one zstd stream to every reader (`zstd -d`, `tar --zstd`, `ZstdFile`). A caller may read straight into
+    `space()` and `advance()`.
 
     With `adapt`, compression keeps pace with the read (as `zstd --adapt` does): when the caller has to wait for the
     oldest frame, the next frames go one step down `ADAPT_LEVELS` (never below its last); when no frame is left in
     flight, the pool waits for data, and the next frames go one step back up, never above `level`."""
 
     def __init__(self, raw: IO[bytes], level: int | None, workers: int, hasher: Hasher, *, adapt: bool = False) -> None:
-        self._raw = raw
+        raw.flush()
+        self._fd = raw.fileno()  # written with writev: a stored frame's parts go out without being joined
         self._hasher = hasher
         self._levels: list[int | None] = [level]
         if adapt and workers and level is not None:
             self._levels += [lower for lower in ADAPT_LEVELS if lower is None or lower < level]
         self._step = 0  # index in `_levels` of the level the next frame gets
+        self._stored_run = False  # the bytes written now go into stored frames, whatever the level
         self.frame_levels: dict[int | None, int] = {}  # level (None: stored) -> frames made at it
         self._local = threading.local()
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="snapport-zstd") if workers > 0 else None
         )
-        self._in_flight: deque[concurrent.futures.Future[tuple[bytes, bytearray]]] = deque()
+        self._in_flight: deque[concurrent.futures.Future[tuple[list[Buffer], bytearray]]] = deque()
         self._max_in_flight = 2 * workers
         self._spare: list[bytearray] = []
         self._buffer = bytearray(SEGMENT)
@@ -176,6 +185,14 @@ class _FrameSink:
         if self._fill == SEGMENT:
             self._cut()
 
+    def stored(self, run: bool) -> None:
+        """Whether what is written next (content that does not compress) goes into frames of its own, stored as it is
+        (zstd would spend as long on it for nothing); the frame in progress is cut when this changes."""
+        if run != self._stored_run:
+            if self._fill:
+                self._cut()
+            self._stored_run = run
+
     def finish(self) -> None:
         """The end-of-archive marker (two zero blocks), padding to a whole record, and every frame written."""
         end = 2 * _BLOCK
@@ -191,7 +208,7 @@ class _FrameSink:
         self._buffer = self._spare.pop() if self._spare else bytearray(SEGMENT)
         self._view = memoryview(self._buffer)
         self._fill = 0
-        level = self._levels[self._step]
+        level = STORED if self._stored_run else self._levels[self._step]
         self.frame_levels[level] = self.frame_levels.get(level, 0) + 1
         if self._pool is None:
             self._emit(self._compress(buffer, length, level)[0])
@@ -201,11 +218,11 @@ class _FrameSink:
         self._in_flight.append(self._pool.submit(self._compress, buffer, length, level))
         self._drain(self._max_in_flight)
 
-    def _compress(self, buffer: bytearray, length: int, level: int | None) -> tuple[bytes, bytearray]:
-        """Run in the pool: one whole frame in one call (zstd sizes its output from the input at once)."""
+    def _compress(self, buffer: bytearray, length: int, level: int | None) -> tuple[list[Buffer], bytearray]:
+        """Run in the pool: one whole frame in one call (zstd sizes its output from the input at once); a stored
+        frame is the pieces to write, slices of `buffer` between the block headers (nothing copied)."""
         if level is STORED:
-            with memoryview(buffer) as view:
-                return stored_frame(view[:length]), buffer
+            return stored_frame(memoryview(buffer)[:length]), buffer
         compressors: dict[int, ZstdCompressor] | None = getattr(self._local, "compressors", None)
         if compressors is None:
             compressors = self._local.compressors = {}
@@ -217,43 +234,59 @@ class _FrameSink:
             }
             compressor = compressors[level] = ZstdCompressor(options=options)
         with memoryview(buffer) as view:
-            return compressor.compress(view[:length], ZstdCompressor.FLUSH_FRAME), buffer
+            return [compressor.compress(view[:length], ZstdCompressor.FLUSH_FRAME)], buffer
 
     def _drain(self, keep: int) -> None:
         """Write the finished frames at the head of the queue; wait for the oldest while more than `keep` are out."""
         if keep and len(self._in_flight) > keep and not self._in_flight[0].done():
             self._step = min(self._step + 1, len(self._levels) - 1)  # the read waits for zstd: compress faster
         while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0].done()):
-            out, buffer = self._in_flight.popleft().result()
+            parts, buffer = self._in_flight.popleft().result()
+            self._emit(parts)  # before the buffer is reused: a stored frame's parts are slices of it
             self._spare.append(buffer)
-            self._emit(out)
 
-    def _emit(self, out: bytes) -> None:
-        self._raw.write(out)
-        self._hasher.update(out)
-        self.stored_bytes += len(out)
+    def _emit(self, parts: list[Buffer]) -> None:
+        for part in parts:
+            self._hasher.update(part)
+        self.stored_bytes += write_all(self._fd, parts)
         if self.stored_bytes - self._written_back >= WRITE_BACK:
             # Linux starts writeback of the range (without waiting) and drops its clean pages: the archive goes
             # to disk while the backup runs instead of all at the final fsync, and does not crowd the page cache.
-            self._raw.flush()
             with contextlib.suppress(OSError):
-                os.posix_fadvise(self._raw.fileno(), 0, self.stored_bytes, os.POSIX_FADV_DONTNEED)
+                os.posix_fadvise(self._fd, 0, self.stored_bytes, os.POSIX_FADV_DONTNEED)
             self._written_back = self.stored_bytes
 
 
-def stored_frame(data: memoryview) -> bytes:
+def write_all(fd: int, parts: Sequence[Buffer]) -> int:
+    """Write `parts` in order to `fd` (writev, IOV_MAX at a time, short writes resumed); returns the byte count."""
+    total = 0
+    pending = [memoryview(part).cast("B") for part in parts]
+    while pending:
+        batch = pending[:_IOV_MAX]
+        n = os.writev(fd, batch)
+        total += n
+        while pending and n >= len(pending[0]):
+            n -= len(pending.pop(0))
+        if n:
+            pending[0] = pending[0][n:]
+    return total
+
+
+def stored_frame(data: memoryview) -> list[Buffer]:
     """`data` as one zstd frame of raw (uncompressed) blocks, as RFC 8878 defines them: what a backup writes when
-    compressing cannot keep up with reading. No content checksum (that needs XXH64): the archive's own digest in
-    set.json and every file's digest in the manifest cover it."""
+    compressing cannot keep up with reading; as the pieces to write in order (block headers between slices of
+    `data`). No content checksum (that needs XXH64): the archive's own digest in set.json and every file's digest
+    in the manifest cover it."""
     size = len(data)
     # Frame header descriptor 0xE0: an 8-byte content size, single segment (no window descriptor), no checksum.
-    out = bytearray(_ZSTD_MAGIC + b"\xe0" + size.to_bytes(8, "little"))
+    parts: list[Buffer] = [_ZSTD_MAGIC + b"\xe0" + size.to_bytes(8, "little")]
     for start in range(0, max(size, 1), _ZSTD_RAW_BLOCK):
         end = min(start + _ZSTD_RAW_BLOCK, size)
         last = 1 if end == size else 0
-        out += ((end - start) << 3 | last).to_bytes(3, "little")  # Block_Type 0 (raw) in bits 1-2
-        out += data[start:end]
-    return bytes(out)
+        parts.append(((end - start) << 3 | last).to_bytes(3, "little"))  # Block_Type 0 (raw) in bits 1-2
+        if end > start:
+            parts.append(data[start:end])
+    return parts
 
 
 class _HashingReader:
@@ -405,6 +438,7 @@ class _Loaded:
     fd: int | None = None
     data: bytes | None = None
     digest: str = ""
+    incompressible: bool = False  # a sample of the content did not compress: store it as it is
 
 
 _ZEROS = bytes(CHUNK)
@@ -457,13 +491,33 @@ def data_map(fd: int, size: int) -> tuple[tuple[int, int], ...] | None:
     return None if extents == [(0, size)] else tuple(extents)
 
 
+_probes = threading.local()  # a compressor per thread for `compresses`
+
+
+def compresses(sample: Buffer) -> bool:
+    """Whether zstd's fastest level 1 saves at least 5% on `sample` (~30 µs for 32 KiB; zstd would spend ~120 µs a
+    128 KiB block of random data at level 1, only to store it raw)."""
+    compressor: ZstdCompressor | None = getattr(_probes, "compressor", None)
+    if compressor is None:
+        compressor = _probes.compressor = ZstdCompressor(level=1)
+    size = len(memoryview(sample))
+    return len(compressor.compress(sample, ZstdCompressor.FLUSH_FRAME)) <= INCOMPRESSIBLE * size
+
+
+def _probe_slice(size: int) -> tuple[int, int]:
+    """(offset, length) of the sample taken from a file of `size` bytes."""
+    start = PROBE_AT if size >= PROBE_AT + PROBE else 0
+    return start, min(PROBE, size)
+
+
 class _ReadAhead:
     """The entries' `_Loaded`s in order, prepared by a small pool of threads up to a bounded distance ahead, in
     batches of consecutive entries (one task per entry costs more in handing over than a small file's read)."""
 
-    def __init__(self, entries: Sequence[Entry], algorithm: str) -> None:
+    def __init__(self, entries: Sequence[Entry], algorithm: str, *, probe: bool) -> None:
         self._entries = entries
         self._algorithm = algorithm
+        self._probe = probe
         self._pool = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="snapport-read")
         self._pending: deque[tuple[int, concurrent.futures.Future[list[_Loaded]]]] = deque()  # (bytes, batch)
         self._ready: deque[_Loaded] = deque()
@@ -508,16 +562,16 @@ class _ReadAhead:
                 size += entry.size if entry.type is EntryType.FILE else 0
                 self._submitted += 1
             batch = entries[first : self._submitted]
-            self._pending.append((size, self._pool.submit(_load_batch, batch, self._algorithm)))
+            self._pending.append((size, self._pool.submit(_load_batch, batch, self._algorithm, self._probe)))
             self._bytes_ahead += size
 
 
-def _load_batch(entries: Sequence[Entry], algorithm: str) -> list[_Loaded]:
+def _load_batch(entries: Sequence[Entry], algorithm: str, probe: bool) -> list[_Loaded]:
     """Run in the read-ahead pool; on a failure, the descriptors this batch opened are closed."""
     loaded: list[_Loaded] = []
     try:
         for entry in entries:
-            loaded.append(_load(entry, algorithm))
+            loaded.append(_load(entry, algorithm, probe))
     except BaseException:
         for item in loaded:
             if item.fd is not None:
@@ -526,8 +580,9 @@ def _load_batch(entries: Sequence[Entry], algorithm: str) -> list[_Loaded]:
     return loaded
 
 
-def _load(entry: Entry, algorithm: str) -> _Loaded:
-    """Open (checked), xattrs, holes, and a small file's content and digest."""
+def _load(entry: Entry, algorithm: str, probe: bool) -> _Loaded:
+    """Open (checked), xattrs, holes, a small file's content and digest, and (`probe`) whether a file of at least
+    `STORE_RUN` bytes compresses."""
     if entry.type is EntryType.HARDLINK:
         return _Loaded()  # the inode's xattrs are stored with its first name
     if entry.type is not EntryType.FILE:
@@ -535,7 +590,7 @@ def _load(entry: Entry, algorithm: str) -> _Loaded:
     fd = open_checked(entry.source, entry.dev, entry.ino)
     try:
         xattrs = read_xattrs(fd)
-        holes = os.fstat(fd).st_blocks * 512 < entry.size  # only then is the data map worth two lseeks per extent
+        holes = entry.blocks * 512 < entry.size  # only then is the data map worth two lseeks per extent
         extents = data_map(fd, entry.size) if holes else None
         if extents is None and entry.size <= SMALL_FILE:
             data = os.pread(fd, entry.size, 0) if entry.size else b""
@@ -547,11 +602,19 @@ def _load(entry: Entry, algorithm: str) -> _Loaded:
             os.close(fd)
             hasher = new_hasher(algorithm)
             hasher.update(data)
-            return _Loaded(xattrs, None, None, data, hasher.hexdigest())
+            incompressible = False
+            if probe and entry.size >= STORE_RUN:
+                start, length = _probe_slice(entry.size)
+                with memoryview(data) as view:
+                    incompressible = not compresses(view[start : start + length])
+            return _Loaded(xattrs, None, None, data, hasher.hexdigest(), incompressible)
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             os.posix_fadvise(fd, 0, 16 * CHUNK, os.POSIX_FADV_WILLNEED)
-        return _Loaded(xattrs, extents, fd)
+        incompressible = False
+        if probe and extents is None and entry.size >= STORE_RUN:  # the sample is read again from the page cache
+            incompressible = not compresses(os.pread(fd, *reversed(_probe_slice(entry.size))))
+        return _Loaded(xattrs, extents, fd, incompressible=incompressible)
     except OSError as exc:
         os.close(fd)
         raise SystemCommandError(f"cannot read {entry.source} in the exposed copy: {exc.strerror}") from None
@@ -761,6 +824,7 @@ class ArchiveEngine:
             for e, d, x in zip(selection.entries, digests, extras, strict=True)
         )
         results = []
+        lines = [e.line() for e in entries]
         for source, members, skipped in zip(components, selection.members, selection.skipped, strict=True):
             mine = [entries[i] for i in members]
             results.append(
@@ -769,12 +833,12 @@ class ArchiveEngine:
                     component=source.full_path,
                     files=sum(1 for e in mine if e.type is not EntryType.DIRECTORY),
                     bytes=sum(e.size for e in mine),
-                    digest=component_digest(algorithm, mine),
+                    digest=component_digest(algorithm, (lines[i] for i in members)),
                     skipped=skipped,
                 )
             )
         manifest = Manifest(documents.set_id, algorithm, entries, tuple(zip(results, selection.members, strict=True)))
-        manifest_bytes = manifest.to_bytes()
+        manifest_bytes = manifest.to_bytes(lines)
         _write_file(tmp / MANIFEST_FILE, manifest_bytes)
         stored = [e for e in entries if e.type is not EntryType.DIRECTORY]
         record = SetRecord(
@@ -816,7 +880,8 @@ class ArchiveEngine:
         done = [0, 0]  # files, bytes
         injected = False
         with (
-            _ReadAhead(entries, self.digest_algorithm) as ahead,
+            memory.streaming(),
+            _ReadAhead(entries, self.digest_algorithm, probe=self.compression != "none") as ahead,
             _create(path) as raw,
             _FrameSink(
                 raw, self._frame_level, self.workers, archive_hasher, adapt=self.compression == "adaptive"
@@ -833,14 +898,16 @@ class ArchiveEngine:
                     raise
                 digest = ""
                 if entry.type is EntryType.FILE:
+                    sink.stored(loaded.incompressible)
                     if loaded.data is not None:
                         digest = loaded.digest
                         sink.write(loaded.data)
-                        sink.write(_ZEROS[: -entry.size % _BLOCK])
                     else:
                         digest = self._stream(
                             entry, loaded, sink, lambda n: meter(Phase.BACKUP, done[0], done[1] + n, total)
                         )
+                    sink.stored(False)
+                    sink.write(_ZEROS[: -sink.tar_bytes % _BLOCK])
                     by_path[entry.path] = digest
                     done[1] += entry.size
                 elif entry.type is EntryType.HARDLINK:
@@ -860,15 +927,14 @@ class ArchiveEngine:
         return tuple(digests), tuple(extras), Part(sink.stored_bytes, archive_hasher.hexdigest())
 
     def _stream(self, entry: Entry, loaded: _Loaded, sink: _FrameSink, advance: Callable[[int], None]) -> str:
-        """Append one larger file's content (a sparse file's data extents only), then tar's padding, to the archive,
-        read straight into the archive's buffer; returns the digest of the whole content (holes digested as the
-        zeros they read as)."""
+        """Append one larger file's content (a sparse file's data extents only) to the archive, read straight into
+        the archive's buffer; returns the digest of the whole content (holes digested as the zeros they read as)."""
         hasher = new_hasher(self.digest_algorithm)
         fd = loaded.fd
         assert fd is not None
         try:
             extents = loaded.data_map if loaded.data_map is not None else ((0, entry.size),)
-            position = stored = 0
+            position = 0
             for offset, length in extents:
                 _digest_zeros(hasher, offset - position)
                 done = 0
@@ -886,11 +952,9 @@ class ArchiveEngine:
                     done += n
                     advance(offset + done)
                 position = offset + length
-                stored += length
             _digest_zeros(hasher, entry.size - position)
         finally:
             os.close(fd)
-        sink.write(_ZEROS[: -stored % _BLOCK])
         return hasher.hexdigest()
 
     # -- documents and restore ----------------------------------------------------------------------------------
@@ -1042,7 +1106,7 @@ class _Verification:
             {(c.writer_id, c.component): c.digest for c in record.components} if record else {}
         )
         for component, members in manifest.components:
-            actual = component_digest(algorithm, [manifest.entries[i] for i in members])
+            actual = component_digest(algorithm, (manifest.entries[i].line() for i in members))
             recorded = {component.digest, in_record.get((component.writer_id, component.component), actual)}
             if recorded != {actual}:
                 self.problem(ProblemKind.COMPONENT_DIGEST, component.component, f"of writer {component.writer_id}")

@@ -13,7 +13,7 @@ import json
 import re
 import tarfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -96,8 +96,11 @@ def field(obj: Mapping[str, Any], key: str, kind: type[T]) -> T:
     return value
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)  # built once: per entry
+
+
 def _canonical(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _CANONICAL.encode(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +224,11 @@ def _data_map_from_json(value: Any, size: int) -> tuple[tuple[int, int], ...] | 
     return tuple(extents)
 
 
-def component_digest(algorithm: str, entries: Sequence[ManifestEntry]) -> str:
-    """The digest of a component's part of the manifest: its entries' canonical lines, in order."""
+def component_digest(algorithm: str, lines: Iterable[str]) -> str:
+    """The digest of a component's part of the manifest: its entries' canonical lines (`ManifestEntry.line`), in
+    order."""
     hasher = new_hasher(algorithm)
-    for entry in entries:
-        hasher.update(entry.line().encode() + b"\n")
+    hasher.update("".join(line + "\n" for line in lines).encode())
     return hasher.hexdigest()
 
 
@@ -273,15 +276,16 @@ class Manifest:
     entries: tuple[ManifestEntry, ...]
     components: tuple[tuple[ComponentResult, tuple[int, ...]], ...]  # with the indices of their entries
 
-    def to_bytes(self) -> bytes:
-        """One entry per line, so `grep` and `diff` work on it; valid JSON all the same."""
+    def to_bytes(self, lines: Sequence[str] | None = None) -> bytes:
+        """One entry per line, so `grep` and `diff` work on it; valid JSON all the same. `lines`: the entries'
+        `line()`s, if the caller has them already."""
         head = {
             "format": FORMAT_VERSION,
             "set_id": str(self.set_id),
             "digest_algorithm": self.digest_algorithm,
             "components": [_component_json(c) | {"entries": list(members)} for c, members in self.components],
         }
-        body = ",\n".join(e.line() for e in self.entries)
+        body = ",\n".join(lines if lines is not None else [e.line() for e in self.entries])
         return (_canonical(head)[:-1] + ',"entries":[\n' + body + "\n]}\n").encode()
 
     @classmethod

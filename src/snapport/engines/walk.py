@@ -55,6 +55,7 @@ class Entry:
     dev: int = 0
     ino: int = 0
     nlink: int = 1
+    blocks: int = 0  # 512-byte blocks allocated: fewer than the size needs means the file has holes
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ def _entry(path: str, source: Path, info: os.stat_result, link_target: str = "")
         dev=info.st_dev,
         ino=info.st_ino,
         nlink=info.st_nlink,
+        blocks=info.st_blocks,
     )
 
 
