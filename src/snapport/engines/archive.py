@@ -100,10 +100,6 @@ READ_AHEAD_BATCHES = 64  # batches of entries the pool may hold ready or in prog
 BATCH_FILES = 64  # entries per read-ahead task, at most
 BATCH_BYTES = 2 << 20  # content bytes per read-ahead task, at most (a larger file is a batch of its own)
 READERS = 4  # read-ahead threads: enough to keep a cold device busy with small files
-STORE_RUN = 128 << 10  # a file this large whose sample does not compress goes into stored frames of its own
-PROBE = 32 << 10  # the sample, from PROBE_AT in (or the start of a smaller file)
-PROBE_AT = 4 << 10  # past most formats' headers, which compress even in media and archives
-INCOMPRESSIBLE = 0.95  # a sample compressing to more than this share of its size is incompressible
 SEGMENT = 4 << 20  # tar bytes per zstd frame: ~1% more bytes than one frame, and frames compress in parallel
 WRITE_BACK = 64 << 20  # archive bytes between two writeback kicks
 # adaptive: frames step down from `level` while zstd is behind the read, to storing them uncompressed at the last;
@@ -142,7 +138,6 @@ class _FrameSink:
         if adapt and workers and level is not None:
             self._levels += [lower for lower in ADAPT_LEVELS if lower is None or lower < level]
         self._step = 0  # index in `_levels` of the level the next frame gets
-        self._stored_run = False  # the bytes written now go into stored frames, whatever the level
         self.frame_levels: dict[int | None, int] = {}  # level (None: stored) -> frames made at it
         self._local = threading.local()
         self._pool = (
@@ -185,14 +180,6 @@ class _FrameSink:
         if self._fill == SEGMENT:
             self._cut()
 
-    def stored(self, run: bool) -> None:
-        """Whether what is written next (content that does not compress) goes into frames of its own, stored as it is
-        (zstd would spend as long on it for nothing); the frame in progress is cut when this changes."""
-        if run != self._stored_run:
-            if self._fill:
-                self._cut()
-            self._stored_run = run
-
     def finish(self) -> None:
         """The end-of-archive marker (two zero blocks), padding to a whole record, and every frame written."""
         end = 2 * _BLOCK
@@ -208,7 +195,7 @@ class _FrameSink:
         self._buffer = self._spare.pop() if self._spare else bytearray(SEGMENT)
         self._view = memoryview(self._buffer)
         self._fill = 0
-        level = STORED if self._stored_run else self._levels[self._step]
+        level = self._levels[self._step]
         self.frame_levels[level] = self.frame_levels.get(level, 0) + 1
         if self._pool is None:
             self._emit(self._compress(buffer, length, level)[0])
@@ -438,7 +425,6 @@ class _Loaded:
     fd: int | None = None
     data: bytes | None = None
     digest: str = ""
-    incompressible: bool = False  # a sample of the content did not compress: store it as it is
 
 
 _ZEROS = bytes(CHUNK)
@@ -491,33 +477,13 @@ def data_map(fd: int, size: int) -> tuple[tuple[int, int], ...] | None:
     return None if extents == [(0, size)] else tuple(extents)
 
 
-_probes = threading.local()  # a compressor per thread for `compresses`
-
-
-def compresses(sample: Buffer) -> bool:
-    """Whether zstd's fastest level 1 saves at least 5% on `sample` (~30 µs for 32 KiB; zstd would spend ~120 µs a
-    128 KiB block of random data at level 1, only to store it raw)."""
-    compressor: ZstdCompressor | None = getattr(_probes, "compressor", None)
-    if compressor is None:
-        compressor = _probes.compressor = ZstdCompressor(level=1)
-    size = len(memoryview(sample))
-    return len(compressor.compress(sample, ZstdCompressor.FLUSH_FRAME)) <= INCOMPRESSIBLE * size
-
-
-def _probe_slice(size: int) -> tuple[int, int]:
-    """(offset, length) of the sample taken from a file of `size` bytes."""
-    start = PROBE_AT if size >= PROBE_AT + PROBE else 0
-    return start, min(PROBE, size)
-
-
 class _ReadAhead:
     """The entries' `_Loaded`s in order, prepared by a small pool of threads up to a bounded distance ahead, in
     batches of consecutive entries (one task per entry costs more in handing over than a small file's read)."""
 
-    def __init__(self, entries: Sequence[Entry], algorithm: str, *, probe: bool) -> None:
+    def __init__(self, entries: Sequence[Entry], algorithm: str) -> None:
         self._entries = entries
         self._algorithm = algorithm
-        self._probe = probe
         self._pool = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="snapport-read")
         self._pending: deque[tuple[int, concurrent.futures.Future[list[_Loaded]]]] = deque()  # (bytes, batch)
         self._ready: deque[_Loaded] = deque()
@@ -562,16 +528,16 @@ class _ReadAhead:
                 size += entry.size if entry.type is EntryType.FILE else 0
                 self._submitted += 1
             batch = entries[first : self._submitted]
-            self._pending.append((size, self._pool.submit(_load_batch, batch, self._algorithm, self._probe)))
+            self._pending.append((size, self._pool.submit(_load_batch, batch, self._algorithm)))
             self._bytes_ahead += size
 
 
-def _load_batch(entries: Sequence[Entry], algorithm: str, probe: bool) -> list[_Loaded]:
+def _load_batch(entries: Sequence[Entry], algorithm: str) -> list[_Loaded]:
     """Run in the read-ahead pool; on a failure, the descriptors this batch opened are closed."""
     loaded: list[_Loaded] = []
     try:
         for entry in entries:
-            loaded.append(_load(entry, algorithm, probe))
+            loaded.append(_load(entry, algorithm))
     except BaseException:
         for item in loaded:
             if item.fd is not None:
@@ -580,9 +546,8 @@ def _load_batch(entries: Sequence[Entry], algorithm: str, probe: bool) -> list[_
     return loaded
 
 
-def _load(entry: Entry, algorithm: str, probe: bool) -> _Loaded:
-    """Open (checked), xattrs, holes, a small file's content and digest, and (`probe`) whether a file of at least
-    `STORE_RUN` bytes compresses."""
+def _load(entry: Entry, algorithm: str) -> _Loaded:
+    """Open (checked), xattrs, holes, and a small file's content and digest."""
     if entry.type is EntryType.HARDLINK:
         return _Loaded()  # the inode's xattrs are stored with its first name
     if entry.type is not EntryType.FILE:
@@ -602,19 +567,11 @@ def _load(entry: Entry, algorithm: str, probe: bool) -> _Loaded:
             os.close(fd)
             hasher = new_hasher(algorithm)
             hasher.update(data)
-            incompressible = False
-            if probe and entry.size >= STORE_RUN:
-                start, length = _probe_slice(entry.size)
-                with memoryview(data) as view:
-                    incompressible = not compresses(view[start : start + length])
-            return _Loaded(xattrs, None, None, data, hasher.hexdigest(), incompressible)
+            return _Loaded(xattrs, None, None, data, hasher.hexdigest())
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             os.posix_fadvise(fd, 0, 16 * CHUNK, os.POSIX_FADV_WILLNEED)
-        incompressible = False
-        if probe and extents is None and entry.size >= STORE_RUN:  # the sample is read again from the page cache
-            incompressible = not compresses(os.pread(fd, *reversed(_probe_slice(entry.size))))
-        return _Loaded(xattrs, extents, fd, incompressible=incompressible)
+        return _Loaded(xattrs, extents, fd)
     except OSError as exc:
         os.close(fd)
         raise SystemCommandError(f"cannot read {entry.source} in the exposed copy: {exc.strerror}") from None
@@ -881,7 +838,7 @@ class ArchiveEngine:
         injected = False
         with (
             memory.streaming(),
-            _ReadAhead(entries, self.digest_algorithm, probe=self.compression != "none") as ahead,
+            _ReadAhead(entries, self.digest_algorithm) as ahead,
             _create(path) as raw,
             _FrameSink(
                 raw, self._frame_level, self.workers, archive_hasher, adapt=self.compression == "adaptive"
@@ -898,7 +855,6 @@ class ArchiveEngine:
                     raise
                 digest = ""
                 if entry.type is EntryType.FILE:
-                    sink.stored(loaded.incompressible)
                     if loaded.data is not None:
                         digest = loaded.digest
                         sink.write(loaded.data)
@@ -906,7 +862,6 @@ class ArchiveEngine:
                         digest = self._stream(
                             entry, loaded, sink, lambda n: meter(Phase.BACKUP, done[0], done[1] + n, total)
                         )
-                    sink.stored(False)
                     sink.write(_ZEROS[: -sink.tar_bytes % _BLOCK])
                     by_path[entry.path] = digest
                     done[1] += entry.size

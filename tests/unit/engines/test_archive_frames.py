@@ -17,7 +17,7 @@ from blake3 import blake3
 
 from snapport.engines import ArchiveEngine, Phase, Progress
 from snapport.engines import archive_format as fmt
-from snapport.engines.archive import PROBE, PROBE_AT, SEGMENT, STORE_RUN, _FrameSink, compresses
+from snapport.engines.archive import SEGMENT, _FrameSink
 from snapport.engines.archive_format import ARCHIVE_FILE
 from snapport.engines.walk import Entry, EntryType
 from snapport.errors import UsageError
@@ -92,8 +92,7 @@ def test_frames_are_independent_and_read_by_zstd_gnu_tar_and_verify(
     engine.backup(docs, whole_volume(docs), big_snap.map)
     archive = (engine.sets_dir / str(docs.set_id) / ARCHIVE_FILE).read_bytes()
     tar = decompress(archive)
-    # a frame per segment, each with its own end, and stored frames of their own for incompressible files
-    assert frames(archive) >= -(-len(tar) // SEGMENT) > 2
+    assert frames(archive) == -(-len(tar) // SEGMENT) > 2  # one frame per segment, each with its own end
     # the same bytes whatever the number of threads: frames are compressed independently, and written in order
     serial = ArchiveEngine(tmp_path / f"repo-{workers}", workers=1 - min(workers, 1), compression="fixed")
     docs2 = documents(set_id=docs.set_id)
@@ -192,55 +191,6 @@ def test_stored_frames_are_zstd_that_zstd_gnu_tar_engine_restore_and_verify_read
     flipped[len(flipped) // 2] ^= 0x01  # inside a raw block: only the digests can tell
     path.write_bytes(flipped)
     assert not engine.verify(docs.set_id).intact
-
-
-def split_frames(data: bytes) -> list[tuple[bool, bytes]]:
-    """Each frame of a zstd stream: (stored, its content). Stored frames are the engine's own raw-block frames (frame
-    header descriptor 0xE0, which zstd's compressor, given no pledged size, never writes)."""
-    found = []
-    while data:
-        decompressor = ZstdDecompressor()
-        content = decompressor.decompress(data)
-        found.append((data[4] == 0xE0, content))
-        data = decompressor.unused_data
-    return found
-
-
-def test_incompressible_files_go_into_stored_frames_of_their_own(tmp_path: Path) -> None:
-    snap = Snapshot(tmp_path / "snap")
-    snap.root.mkdir()
-    rng = random.Random(11)
-    text = b"".join(b"GET /item/%d HTTP/1.1 200\n" % rng.randrange(10**6) for _ in range(300_000))
-    noise = {
-        "streamed": rng.randbytes(3 * SEGMENT // 2),  # read by the engine's thread, in chunks
-        "loaded": rng.randbytes(STORE_RUN + 1000),  # read whole by the read-ahead pool
-        "small": rng.randbytes(STORE_RUN - 1),  # too small for frames of its own: compressed with its neighbours
-    }
-    for name, data in noise.items():
-        (snap.root / f"a-{name}").write_bytes(data)
-        (snap.root / f"b-text-{name}").write_bytes(text[: len(data)])
-    engine = ArchiveEngine(tmp_path / "repo", compression="fixed")
-    docs = documents()
-    engine.backup(docs, whole_volume(docs), snap.map)
-    path = engine.sets_dir / str(docs.set_id) / ARCHIVE_FILE
-    found = split_frames(path.read_bytes())
-    stored = b"".join(content for is_stored, content in found if is_stored)
-    assert stored == noise["loaded"] + noise["streamed"]  # exactly their contents (in path order), nothing else
-    assert all(b"GET /item" not in content for is_stored, content in found if is_stored)
-    compressed = sum(len(content) for is_stored, content in found if not is_stored)
-    assert compressed >= len(noise["small"]) + sum(map(len, noise.values()))  # the small noise and all the text
-    engine.restore(docs.set_id, tmp_path / "restored")
-    for name, data in noise.items():
-        assert (tmp_path / "restored" / VOLUME.lstrip("/") / f"a-{name}").read_bytes() == data
-    assert engine.verify(docs.set_id).intact
-    subprocess.run(["zstd", "-t", "-q", str(path)], check=True)
-
-
-def test_the_compressibility_probe_tells_noise_from_text() -> None:
-    rng = random.Random(5)
-    assert not compresses(rng.randbytes(PROBE))
-    assert compresses(b"".join(b"user%d logged in\n" % rng.randrange(1000) for _ in range(3000))[:PROBE])
-    assert compresses(bytes(PROBE_AT) + rng.randbytes(PROBE // 2) + bytes(PROBE // 2))  # half of it zeros
 
 
 def test_adaptive_compression_falls_back_to_stored_frames_at_its_last_step(tmp_path: Path) -> None:
