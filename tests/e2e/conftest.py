@@ -18,6 +18,9 @@ import pytest
 from snapport.catalog import Catalog, catalog_url
 from snapport.lab import Lab
 from snapport.lab.agents import serve_argv, wait_listening
+from snapport.osal import loop
+from snapport.osal.runner import SubprocessRunner
+from snapport.providers.reflink_array.array import Array
 from tests.integration.lab.conftest import SMALL, leftovers, needs_lab, new_suffix, recorded_processes, snapport
 
 E2E_MARKS = [*needs_lab(), pytest.mark.slow]
@@ -75,6 +78,20 @@ class LabUnderTest:
     def exposed_on_two(self) -> list[str]:
         run_dir = str(self.lab.two.run_dir)
         return [m.mount_point for m in self.lab.two.mounts() if m.mount_point.startswith(run_dir)]
+
+    def snapshot_loops(self) -> list[str]:
+        """Loop devices attached (on this machine: the hosts share the kernel) to a LUN image of the lab's array
+        other than the data volume's: snapshots someone still presents."""
+        array = Array.open(self.lab.array_path)
+        data_lun = self.lab.data_lun.lun_id
+        assert data_lun is not None
+        data_image = array.image(data_lun)
+        luns = str(data_image.parent) + "/"
+        return [
+            f"{d.device} on {d.backing_file}"
+            for d in loop.attached(SubprocessRunner())
+            if d.backing_file.startswith(luns) and d.backing_file != str(data_image)
+        ]
 
     def stop_proxy_agent(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop systemTwo's agent: the one this fixture started, else the lab's (by its recorded pid)."""

@@ -4,6 +4,7 @@ writing all along: success, refusals, a cut link and a killed proxy."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -129,33 +130,84 @@ def test_only_the_proxy_named_for_a_set_reaches_it(lab_up: LabUnderTest, tmp_pat
     assert done.stdout.startswith("CLUSTER_RULE"), (done.stdout, done.stderr)
 
 
+def _open_under(pid: int, directory: str) -> list[str]:
+    """What process `pid` has open (files, cwd, root) under `directory`."""
+    proc = Path(f"/proc/{pid}")
+    links = [*(proc / "fd").iterdir(), proc / "cwd", proc / "root"]
+    found = []
+    for link in links:
+        try:
+            target = os.readlink(link)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(directory.rstrip("/") + "/"):
+            found.append(target)
+    return found
+
+
+# A database sorted before app.db, large enough that the engine's `engine.backup` point (half of the bytes) is
+# reached right after it, while the read-ahead holds app.db open: the hung engine keeps the exposed copy busy.
+BALLAST = (
+    "import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
+    "db.execute('CREATE TABLE IF NOT EXISTS ballast (b BLOB)'); db.execute('DELETE FROM ballast');"
+    "db.execute('INSERT INTO ballast VALUES (?)', (os.urandom(16 << 20),)); db.commit(); db.close()"
+)
+
+
 def test_link_cut_mid_backup_lease_expires_and_both_sides_clean_up(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    """The proxy's engine hangs holding files open on the exposed copy; the link is cut; the proxy, its lease
+    lost, kills the stuck engine process and lets go of everything: no mount, no loop device, no exposure, the
+    set deleted on both hosts."""
+    lab = lab_up.lab
+    ballast = lab.data_mount / "aaa-ballast.db"
+    lab.one.run([sys.executable, "-c", BALLAST, str(ballast)], timeout=120)
+    fault_log = tmp_path / "fault.log"
     lab_up.stop_proxy_agent()
-    lab_up.start_proxy_agent({"SNAPPORT_FAULT": "engine.backup:hang"})
+    lab_up.start_proxy_agent({"SNAPPORT_FAULT": "engine.backup:hang", "SNAPPORT_FAULT_LOG": str(fault_log)})
     backup = subprocess.Popen(
-        lab_up.offhost_argv(tmp_path / "repo", "--lease", "6"),
+        lab_up.offhost_argv(tmp_path / "repo", "--lease", "6", "--writer", f"sqlite:{ballast}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         job = lab_up.wait_proxy_phase("backup")
-        set_id = uuid.UUID(str(job.params_json and json.loads(job.params_json)["set_id"]))
+        set_id = uuid.UUID(json.loads(job.params_json)["set_id"])
+        wait_until(lambda: fault_log.exists() and fault_log.read_text().strip() != "", timeout_s=60, what="the hang")
+        point, action, pid_text = fault_log.read_text().split()
+        hung = int(pid_text)
+        assert (point, action) == ("engine.backup", "hang")
+        status = Path(f"/proc/{hung}/status").read_text()
+        parent = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+        assert b"agent\0serve" in Path(f"/proc/{parent}/cmdline").read_bytes()  # the engine: a child of the agent
+        copy = str(lab.two.run_dir / str(set_id))
+        assert _open_under(hung, copy) != []  # the hung engine keeps the exposed copy busy (umount: EBUSY)
         lab_up.link(up=False)
         _out, err = backup.communicate(timeout=120)
         assert backup.returncode != 0 and "LEASE_EXPIRED" in err, err
         assert lab_up.backup_completes(set_id) == 0  # never fired
-        # The session ended failed; systemOne deletes the snapshot once the proxy, cut off, has let go of it (its
-        # own lease runs out too), so the set may still be `deleting` when the command returns.
-        wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=180, what="the proxy's clean-up")
-        wait_until(lambda: lab_up.set_state("one", set_id) == "deleted", timeout_s=90, what="systemOne's delete")
+        # The proxy gives up about a lease after its last heartbeat, stops its engine (killed after a 5 s grace)
+        # and releases the set; systemOne deletes the snapshot once the proxy has let go of it.
+        wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=60, what="the proxy's clean-up")
+        wait_until(lambda: lab_up.set_state("one", set_id) == "deleted", timeout_s=60, what="systemOne's delete")
+        assert not Path(f"/proc/{hung}").exists()  # killed and reaped
+        proxy_job = lab_up.proxy_job()
+        assert proxy_job.state.value == "failed" and proxy_job.error_code == "LEASE_EXPIRED", proxy_job.error_message
         assert lab_up.exposed_on_two() == []
+        assert lab_up.snapshot_loops() == []
+        for key in ("one", "two"):
+            catalog = lab_up.catalog(key)
+            try:
+                assert all(x.device is None and not x.exposed_at for x in catalog.get_set(set_id).snapshots)
+            finally:
+                catalog.close()
     finally:
         if backup.poll() is None:
             backup.kill()
         lab_up.link(up=True)
         lab_up.stop_proxy_agent()
         lab_up.start_proxy_agent()
+        lab.one.run(["rm", "-f", str(ballast), f"{ballast}-journal"], timeout=30)
 
 
 def test_proxy_killed_mid_backup_reconciles_on_restart(lab_up: LabUnderTest, tmp_path: Path) -> None:

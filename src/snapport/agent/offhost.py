@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from snapport.agent import engine_process
 from snapport.agent.certs import PeerIdentity, Role, same_host
 from snapport.agent.client import AgentClient
 from snapport.agent.config import AgentConfig, parse_address
@@ -40,7 +41,7 @@ from snapport.coordinator.host import Host, run_dir
 from snapport.coordinator.reconcile import reconcile_quick
 from snapport.coordinator.session import BackupSession, CreatedSet, SessionOptions
 from snapport.documents import bcd_to_xml, load_documents, read_document, wmd_to_xml
-from snapport.engines import DEFAULT_ENGINE, ENGINES, Progress, SetDocuments, get_engine, select_components
+from snapport.engines import DEFAULT_ENGINE, ENGINES, Progress, SetDocuments
 from snapport.errors import (
     AccessDenied,
     AgentUnreachable,
@@ -64,7 +65,8 @@ MAX_DOCUMENT_BYTES = 4 << 20
 POLL_S = 0.5
 DATA_MINING_CONTEXT = Context.APP_ROLLBACK  # persistent: an auto-release set would go with the session that made it
 assert not DATA_MINING_CONTEXT.auto_release and DATA_MINING_CONTEXT.writers_involved
-STUCK_WORK_GRACE_S = 5.0  # how long a proxy waits for its work to stop after the lease is lost
+STUCK_WORK_GRACE_S = 5.0  # how long a proxy's engine process may take to stop before it is killed
+STOP_WAIT_S = STUCK_WORK_GRACE_S + engine_process.KILL_WAIT_S + 5.0  # the engine stopped, killed and reaped
 OFFHOST_DESCRIPTIONS = ("off-host backup", "off-host data mining")  # how a set made by `offhost-backup` is described
 
 
@@ -527,7 +529,9 @@ def _parse_documents(body: DocumentsBody, set_id: uuid.UUID) -> SetDocuments:
 
 
 class _ProxyWork:
-    """The blocking part of `proxy-backup`: import, expose, back up, verify, unexpose, delete."""
+    """The blocking part of `proxy-backup`: import, expose, back up, verify, unexpose, delete. The engine runs in a
+    child process (`engine_process`): stopped, and killed if it is stuck, when the lease is lost or the job is
+    cancelled, so that it cannot keep the exposed copy busy (open files) once the proxy must let go of it."""
 
     def __init__(self, context: JobContext, params: ProxyParams) -> None:
         self.context = context
@@ -535,7 +539,7 @@ class _ProxyWork:
         self.host = _host(context.agent)
         self.stop = threading.Event()  # the lease was lost or the job cancelled: the backup gives up
 
-    def run(self, documents: SetDocuments) -> CompletionReport:
+    def run(self, documents: SetDocuments, body: DocumentsBody) -> CompletionReport:
         context, set_id = self.context, self.params.set_id
         context.progress_threadsafe("import")
         started = time.monotonic()
@@ -545,17 +549,21 @@ class _ProxyWork:
         context.progress_threadsafe("expose")
         lifecycle.expose(self.host, set_id)
         context.progress_threadsafe("backup")
-        engine = get_engine(self.params.engine, Path(self.params.repo))
-        result = engine.backup(
-            documents,
-            select_components(documents),
-            lambda original: Path(lifecycle.map_path(self.host, set_id, original)),
-            self._progress,
+        request = engine_process.EngineRequest(
+            "backup", self.params.engine, self.params.repo, set_id, body.bcd, tuple(body.writers)
+        )
+        result = engine_process.backup(
+            request,
+            mapper=lambda original: Path(lifecycle.map_path(self.host, set_id, original)),
+            progress=self._progress,
+            check=self._check,
+            grace_s=STUCK_WORK_GRACE_S,
         )
         self._check()
         context.progress_threadsafe("verify")
         inject("proxy.verify")
-        verified = engine.verify(set_id, lambda _p: self._check())
+        verify = engine_process.EngineRequest("verify", self.params.engine, self.params.repo, set_id)
+        verified = engine_process.verify(verify, check=self._check, grace_s=STUCK_WORK_GRACE_S)
         if not verified.intact:
             raise BadState(f"the backup of set {set_id} does not verify: {verified.problems[:3]}")
         context.progress_threadsafe("cleanup")
@@ -641,6 +649,14 @@ async def _report(client: AgentClient, params: ProxyParams, report: CompletionRe
             await asyncio.sleep(1.0)
 
 
+async def _settled(task: asyncio.Future[Any], timeout_s: float) -> None:
+    """Wait up to `timeout_s` for `task` to end, even if this job is being cancelled meanwhile."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait({task}, timeout=timeout_s)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the job's error is the one that made it stop
+
+
 def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     """Run blocking work on a daemon thread; unlike `run_blocking`, the job may abandon it (a stuck engine must
     not keep the proxy from cleaning up when its lease is lost)."""
@@ -678,24 +694,34 @@ async def run_proxy(context: JobContext, params: ProxyParams) -> JsonValue:
         heartbeat = asyncio.create_task(_heartbeat(client, params, lost, why))
         report: CompletionReport | None = None
         failure: BaseException | None = None
-        task = _in_thread(work.run, documents)
+        task = _in_thread(work.run, documents, body)
         try:
             waiter = asyncio.ensure_future(lost.wait())
             racing: set[asyncio.Future[Any]] = {task, waiter}
             await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if not task.done():  # the lease was lost first: stop the work, then clean up
-                work.stop.set()
-                await asyncio.wait({task}, timeout=STUCK_WORK_GRACE_S)
                 raise LeaseExpired(f"set {params.set_id}: {why[0] if why else 'the lease was lost'}")
             report = task.result()
         except BaseException as exc:
-            work.stop.set()
             failure = exc
             code, message = _describe(exc)
             report = CompletionReport(succeeded=False, error=code, message=message)
             await context.progress("cleanup")
-            released = await asyncio.to_thread(work.release)
+            if not task.done():  # stop the engine (killed if stuck: its open files keep the copy busy), then clean up
+                work.stop.set()
+                await _settled(task, STOP_WAIT_S)
+            try:
+                released = await asyncio.to_thread(work.release)
+            except SnapportError as cleanup:  # left to the agent's next start (`reconcile`) and `snapport doctor`
+                log(
+                    "proxy.cleanup-failed",
+                    level=40,
+                    set=str(params.set_id),
+                    error=cleanup.code,
+                    message=cleanup.message,
+                )
+                raise
             log("proxy.cleaned-up", level=30, set=str(params.set_id), released=released, error=code)
         finally:
             heartbeat.cancel()

@@ -1,0 +1,136 @@
+"""The proxy's engine in a child process (`snapport.agent.engine_process`), on a real exposed snapshot: it backs up
+and verifies as the engine does in-process, and a hung one holding files open on the copy is stopped, killed, and
+leaves the copy free to unmount and delete."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from snapport.agent import engine_process
+from snapport.coordinator import lifecycle
+from snapport.coordinator.host import Host
+from snapport.documents import bcd_to_xml, load_documents, wmd_to_xml
+from snapport.engines import ArchiveEngine, Progress
+from snapport.errors import LeaseExpired
+from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld, world
+
+__all__ = ["world"]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+
+def _snapshot(world: ArrayWorld, volume: Path) -> tuple[uuid.UUID, engine_process.EngineRequest, Host]:
+    """A set of `volume`, exposed on a host, and the backup request for its filesystem component."""
+    created = subprocess.run(
+        [sys.executable, "-m", "snapport", "create", str(volume), "--context", "app-backup", "--json"],
+        capture_output=True,
+        text=True,
+        env=world.env(HOST_ONE),
+        timeout=180,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    set_id = uuid.UUID(json.loads(created.stdout)["set_id"])
+    bcd, wmds = load_documents(Path(json.loads(created.stdout)["documents"]))
+    host = world.host()
+    lifecycle.expose(host, set_id)
+    request = engine_process.EngineRequest(
+        "backup",
+        "archive",
+        str(world.tmp / "repo"),
+        set_id,
+        bcd_to_xml(bcd).decode(),
+        tuple(wmd_to_xml(w).decode() for w in wmds),
+    )
+    return set_id, request, host
+
+
+def _open_under(pid: int, directory: Path) -> list[str]:
+    found = []
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/"):
+            found.append(target)
+    return found
+
+
+def test_a_backup_in_a_child_process_matches_the_engine_and_verifies(world: ArrayWorld) -> None:
+    volume = world.volume("data")
+    (volume / "blob").write_bytes(os.urandom(3 << 20))
+    (volume / "note").write_text("a note")
+    set_id, request, host = _snapshot(world, volume)
+    seen: list[Progress] = []
+    try:
+        result = engine_process.backup(
+            request,
+            mapper=lambda original: Path(lifecycle.map_path(host, set_id, original)),
+            progress=seen.append,
+            check=lambda: None,
+            grace_s=5.0,
+        )
+    finally:
+        lifecycle.delete(host, set_id)
+    assert result.set_id == set_id and result.engine == "archive"
+    assert result.files >= 2 and result.bytes >= 3 << 20 and seen
+    assert Path(result.location).is_dir()
+    verify = engine_process.EngineRequest("verify", "archive", request.repo, set_id)
+    report = engine_process.verify(verify, check=lambda: None, grace_s=5.0)
+    assert report.intact and report.files == ArchiveEngine(Path(request.repo)).verify(set_id).files
+    assert world.leftovers(host) == []
+
+
+def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
+    world: ArrayWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = world.volume("data")
+    (volume / "a-first").write_bytes(os.urandom(8 << 20))  # the engine hangs after this one (half of the bytes)...
+    (volume / "b-next").write_bytes(os.urandom(2 << 20))  # ...with this one open by its read-ahead (not small)
+    set_id, request, host = _snapshot(world, volume)
+    fault_log = tmp_path / "fault.log"
+    monkeypatch.setenv("SNAPPORT_FAULT", "engine.backup:hang")  # the child inherits it; this process never hits it
+    monkeypatch.setenv("SNAPPORT_FAULT_LOG", str(fault_log))
+    stop = threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise LeaseExpired("the test took the lease away")
+
+    copy = world.tmp / f"run-{HOST_ONE}" / str(set_id)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            engine_process.backup,
+            request,
+            mapper=lambda original: Path(lifecycle.map_path(host, set_id, original)),
+            progress=lambda _p: check(),
+            check=check,
+            grace_s=1.0,
+        )
+        try:
+            deadline = 60.0
+            while not fault_log.exists() and deadline > 0:
+                assert not running.done(), running.exception()
+                stop.wait(0.1)
+                deadline -= 0.1
+            point, action, pid = fault_log.read_text().split()
+            assert (point, action) == ("engine.backup", "hang") and int(pid) != os.getpid()
+            assert _open_under(int(pid), copy) != []  # it keeps the copy busy: umount would say EBUSY
+        finally:
+            stop.set()
+        with pytest.raises(LeaseExpired, match="took the lease away"):
+            running.result(timeout=30)
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    lifecycle.unexpose(host, set_id)  # nothing holds the copy any more
+    lifecycle.delete(host, set_id)
+    assert world.leftovers(host) == []
+    assert ArchiveEngine(Path(request.repo)).list() == ()  # nothing was published
