@@ -122,13 +122,16 @@ _RECORD = tarfile.RECORDSIZE
 class _FrameSink:
     """Tar bytes in; out to `raw`'s descriptor, one zstd frame (with its content checksum) per `SEGMENT` of tar.
     Frames are independent, so a pool of `workers` threads compresses them side by side (zstd releases the GIL)
-    while the caller reads on; they are written (with writev), digested and counted in order. Concatenated frames
-    are one zstd stream to every reader (`zstd -d`, `tar --zstd`, `ZstdFile`). A caller may read straight into
-    `space()` and `advance()`.
+    while the caller reads on, and a writer thread digests them and writes them (with writev) in order, so the
+    caller's thread never waits on either unless `2 * workers` frames are already out. Concatenated frames are one
+    zstd stream to every reader (`zstd -d`, `tar --zstd`, `ZstdFile`). A caller may read straight into `space()` and
+    `advance()`. A failure in a compressing or writing thread is raised in the caller's at its next frame or at
+    `finish`.
 
     With `adapt`, compression keeps pace with the read (as `zstd --adapt` does): when the caller has to wait for the
-    oldest frame, the next frames go one step down `ADAPT_LEVELS` (never below its last); when no frame is left in
-    flight, the pool waits for data, and the next frames go one step back up, never above `level`."""
+    oldest frame to be compressed, the next frames go one step down `ADAPT_LEVELS` (never below its last); when no
+    frame is left in flight, the pool waits for data, and the next frames go one step back up, never above
+    `level`."""
 
     def __init__(self, raw: IO[bytes], level: int | None, workers: int, hasher: Hasher, *, adapt: bool = False) -> None:
         raw.flush()
@@ -143,9 +146,17 @@ class _FrameSink:
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="snapport-zstd") if workers > 0 else None
         )
+        # frames handed to the pool and not yet written, oldest first; guarded by `_changed`
         self._in_flight: deque[concurrent.futures.Future[tuple[list[Buffer], bytearray]]] = deque()
         self._max_in_flight = 2 * workers
-        self._spare: list[bytearray] = []
+        self._changed = threading.Condition()
+        self._closed = False  # no more frames: the writer stops once the queue is empty
+        self._failure: BaseException | None = None
+        self._writer: threading.Thread | None = None
+        if self._pool is not None:
+            self._writer = threading.Thread(target=self._write_frames, name="snapport-archive-writer", daemon=True)
+            self._writer.start()
+        self._spare: list[bytearray] = []  # buffers of written frames: appended by the writer, popped by the caller
         self._buffer = bytearray(SEGMENT)
         self._view = memoryview(self._buffer)
         self._fill = 0
@@ -157,7 +168,15 @@ class _FrameSink:
         return self
 
     def __exit__(self, *_: object) -> None:
-        """Stop the pool; frames not yet written are dropped (the caller removes the unfinished archive)."""
+        """Stop the pool and the writer; frames not yet written are dropped (the caller removes the unfinished
+        archive)."""
+        with self._changed:
+            self._closed = True
+            for future in self._in_flight:
+                future.cancel()
+            self._changed.notify_all()
+        if self._writer is not None:
+            self._writer.join()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._in_flight.clear()
@@ -186,7 +205,12 @@ class _FrameSink:
         self.write(bytes(end + (-(self.tar_bytes + end) % _RECORD)))
         if self._fill:
             self._cut()
-        self._drain(0)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        self._raise_failure()
 
     def _cut(self) -> None:
         """Hand the full segment to the pool (or compress it here) and start the next one."""
@@ -200,10 +224,42 @@ class _FrameSink:
         if self._pool is None:
             self._emit(self._compress(buffer, length, level)[0])
             return
-        if not self._in_flight and self._step > 0:
-            self._step -= 1  # every frame was done before the next was ready: the pool has time to spare
-        self._in_flight.append(self._pool.submit(self._compress, buffer, length, level))
-        self._drain(self._max_in_flight)
+        with self._changed:
+            self._raise_failure()
+            if not self._in_flight and self._step > 0:
+                self._step -= 1  # every frame was written before the next was ready: the pool has time to spare
+            if len(self._in_flight) >= self._max_in_flight and not self._in_flight[0].done():
+                self._step = min(self._step + 1, len(self._levels) - 1)  # the read waits for zstd: compress faster
+            while len(self._in_flight) >= self._max_in_flight and self._failure is None:
+                self._changed.wait()
+            self._raise_failure()
+            self._in_flight.append(self._pool.submit(self._compress, buffer, length, level))
+            self._changed.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _write_frames(self) -> None:
+        """The writer thread: each frame, once compressed, digested and written in order."""
+        try:
+            while True:
+                with self._changed:
+                    while not self._in_flight and not self._closed:
+                        self._changed.wait()
+                    if not self._in_flight:
+                        return
+                    future = self._in_flight[0]
+                parts, buffer = future.result()
+                self._emit(parts)  # before the buffer is reused: a stored frame's parts are slices of it
+                with self._changed:
+                    self._in_flight.popleft()
+                    self._spare.append(buffer)
+                    self._changed.notify_all()
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            with self._changed:
+                self._failure = exc
+                self._changed.notify_all()
 
     def _compress(self, buffer: bytearray, length: int, level: int | None) -> tuple[list[Buffer], bytearray]:
         """Run in the pool: one whole frame in one call (zstd sizes its output from the input at once); a stored
@@ -222,15 +278,6 @@ class _FrameSink:
             compressor = compressors[level] = ZstdCompressor(options=options)
         with memoryview(buffer) as view:
             return [compressor.compress(view[:length], ZstdCompressor.FLUSH_FRAME)], buffer
-
-    def _drain(self, keep: int) -> None:
-        """Write the finished frames at the head of the queue; wait for the oldest while more than `keep` are out."""
-        if keep and len(self._in_flight) > keep and not self._in_flight[0].done():
-            self._step = min(self._step + 1, len(self._levels) - 1)  # the read waits for zstd: compress faster
-        while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0].done()):
-            parts, buffer = self._in_flight.popleft().result()
-            self._emit(parts)  # before the buffer is reused: a stored frame's parts are slices of it
-            self._spare.append(buffer)
 
     def _emit(self, parts: list[Buffer]) -> None:
         for part in parts:
