@@ -48,11 +48,12 @@ POINTS: tuple[str, ...] = (
     "proxy.heartbeat",  # agent two: before each lease renewal it sends
     "set.import",  # agent two (or `snapport import`): the import lock is held, nothing recorded yet
     "set.expose",  # agent two (or `snapport expose`): the set is CREATED (imported), nothing mounted yet
-    "engine.scan",  # agent two: the engine's phases (engines/), in the engine's thread
+    "engine.scan",  # agent two: the engine's phases (engines/), in the engine process the agent runs for a job
     "engine.backup",
     "engine.publish",
     "engine.verify",
     "engine.restore",  # a restore's process (not on the backup flow)
+    "engine.restore-write",  # a restore's process: each file's first chunk is written under its temporary name
     "proxy.verify",  # agent two: the backup is published, its verification not yet started
     "set.unexpose",  # agent two (or `snapport unexpose`): before the copies are unmounted
     "set.delete",  # either agent (systemOne ends its session, the proxy releases its import) or `snapport delete`

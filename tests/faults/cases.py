@@ -50,6 +50,7 @@ OFF_FLOW = {
     "writer.pre-restore": "restores only (`snapport restore`)",
     "writer.post-restore": "restores only (`snapport restore`)",
     "engine.restore": "restores only (`snapport restore`)",
+    "engine.restore-write": "restores only (`snapport restore`; tests/integration/restore/test_interrupted_restore.py)",
     **{p: "`snapport lab up` (tests/integration/lab/test_crash.py)" for p in POINTS if p.startswith("lab.")},
 }
 # A point the flow passes only on a failure path is led to by another fault first (SNAPPORT_FAULT takes a list).

@@ -4,6 +4,7 @@ two-host lab; after each case the faulted agent is restarted clean, both hosts a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -13,13 +14,15 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snapport.catalog import Catalog, JobState
-from snapport.model import SetState
+from snapport.errors import BadState
+from snapport.model import Attr, Context, SetState, SnapshotSet
 from snapport.osal import loop
 from snapport.osal.lock import holders
 from snapport.osal.runner import SubprocessRunner
@@ -336,6 +339,27 @@ def test_fault(fault_lab: FaultLab, tmp_path: Path, point: str, action: str, pro
     assert all(invariants.values()), (outcome, invariants, notes)
 
 
+def _planted_set(catalog: Catalog) -> uuid.UUID:
+    """A set of this test's own for a lease to name (run alone, no case has made one): recorded and aborted at
+    once, with no snapshot, as a creation that failed before its provider's prepare leaves one."""
+    set_id = uuid.uuid4()
+    catalog.add_set(
+        SnapshotSet(
+            id=set_id,
+            context=Context.BACKUP,
+            attrs=Attr.NONE,
+            state=SetState.PREPARING,
+            originating_host=catalog.host,
+            service_host=catalog.host,
+            created_at=datetime.now(UTC),
+        )
+    )
+    with contextlib.suppress(BadState):  # the agent's own reconciliation may have rolled it back first
+        catalog.transition(set_id, SetState.ABORTED, reason="planted by the fault suite")
+    assert catalog.get_set(set_id).state is SetState.ABORTED
+    return set_id
+
+
 def test_the_checks_see_planted_leftovers(fault_lab: FaultLab) -> None:
     """The invariants can fail: a stale mount, a held lock, a live lease and a frozen volume are each seen."""
     lab = fault_lab.lab
@@ -353,8 +377,7 @@ def test_the_checks_see_planted_leftovers(fault_lab: FaultLab) -> None:
             lab.two.run(["mkdir", "-p", str(stale)], timeout=30)
             lab.two.run(["mount", "-t", "tmpfs", "-o", "size=1m", "planted", str(stale)], timeout=30)
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            some_set = next(iter(_set_ids(fault_lab, "one")))
-            lease = catalog.grant_lease(some_set, "systemTwo", 600)
+            lease = catalog.grant_lease(_planted_set(catalog), "systemTwo", 600)
             left = " / ".join(_leftovers(fault_lab))
             assert f"mount {stale} on two" in left and "lock import.lock on two" in left, left
             assert f"lease {lease.id}" in left, left

@@ -10,9 +10,10 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -27,6 +28,7 @@ from snapport.errors import (
     ImportRefused,
     ObjectNotFound,
     PathEscape,
+    SetInProgress,
     SnapportError,
     UsageError,
 )
@@ -155,6 +157,57 @@ def check_cluster_rule(host: Host, bcd: BackupComponents) -> None:
             )
 
 
+# -- the per-set lock --------------------------------------------------------------------------------------------
+
+SET_LOCK_WAIT_S = 120.0
+_held_set_locks = threading.local()
+
+
+def set_lock_path(host: Host, set_id: uuid.UUID) -> Path:
+    return host.home / "locks" / f"set-{set_id}.lock"
+
+
+@contextlib.contextmanager
+def set_lock(host: Host, set_id: uuid.UUID, *, timeout_s: float = SET_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the set's own lock (`$SNAPPORT_HOME/locks/set-<id>.lock`, a flock): expose, unexpose and delete take it,
+    and doctor's repair of the set, so none runs between another's mount and its catalog record. Re-entrant in a
+    thread (delete within complete, within doctor's repair). `SetInProgress` when another process holds it past
+    `timeout_s` (0: do not wait). A set that ends deleted or aborted loses its lock file too."""
+    held: set[tuple[str, uuid.UUID]] = _held_set_locks.__dict__.setdefault("keys", set())
+    key = (str(host.home), set_id)
+    if key in held:
+        yield
+        return
+    try:
+        lock = host.lock(f"set-{set_id}", timeout_s=timeout_s, what=f"set {set_id}'s lock").__enter__()
+    except SetInProgress:
+        raise SetInProgress(
+            f"set {set_id} is busy: another process is exposing, unexposing, deleting or repairing it (waited "
+            f"{timeout_s:g} s); retry when it ends"
+        ) from None
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        try:
+            # No later step can change a final (or unknown) set, so a process still waiting on this file's lock
+            # does no harm when it gets it.
+            if _final_or_unknown(host, set_id):
+                lock.path.unlink(missing_ok=True)
+        except (SnapportError, OSError):
+            pass
+        finally:
+            lock.__exit__(None, None, None)
+
+
+def _final_or_unknown(host: Host, set_id: uuid.UUID) -> bool:
+    try:
+        return host.catalog.get_set(set_id).state in (SetState.DELETED, SetState.ABORTED)
+    except ObjectNotFound:
+        return True
+
+
 # -- expose, map, unexpose ---------------------------------------------------------------------------------------
 
 
@@ -174,6 +227,11 @@ def _present_locally(host: Host, snapshot_set: SnapshotSet, snapshot: Snapshot) 
 
 def expose(host: Host, set_id: uuid.UUID, at: Path | None = None) -> dict[str, str]:
     """Mount every snapshot of the set read-only under `at` (default /run/snapport/<set>); {volume: path}."""
+    with set_lock(host, set_id):
+        return _expose(host, set_id, at)
+
+
+def _expose(host: Host, set_id: uuid.UUID, at: Path | None) -> dict[str, str]:
     catalog = host.catalog
     snapshot_set = catalog.get_set(set_id)
     if snapshot_set.state is SetState.EXPOSED:
@@ -212,6 +270,11 @@ def _unexpose_one(host: Host, snapshot: Snapshot, target: Path) -> None:
 
 def unexpose(host: Host, set_id: uuid.UUID) -> SnapshotSet:
     """Unmount every exposed snapshot of the set; idempotent."""
+    with set_lock(host, set_id):
+        return _unexpose(host, set_id)
+
+
+def _unexpose(host: Host, set_id: uuid.UUID) -> SnapshotSet:
     inject("set.unexpose")
     snapshot_set = host.catalog.get_set(set_id)
     for snapshot in snapshot_set.snapshots:
@@ -249,6 +312,11 @@ def map_path(host: Host, set_id: uuid.UUID, original: str) -> str:
 
 def delete(host: Host, set_id: uuid.UUID) -> SnapshotSet:
     """Remove the set's snapshots (unexposing and unpresenting them first); idempotent after a crash."""
+    with set_lock(host, set_id):
+        return _delete(host, set_id)
+
+
+def _delete(host: Host, set_id: uuid.UUID) -> SnapshotSet:
     catalog = host.catalog
     snapshot_set = catalog.get_set(set_id)
     if snapshot_set.state is SetState.DELETED:

@@ -10,7 +10,9 @@ their bounds; leases past their expiry; jobs marked running with no agent.
 Everything is matched by exact id, path or device, and only what is snapport's is touched: a loop device or
 mount outside the array and the run directory, a LUN of another host's live set, or an admin's own fsfreeze on a
 volume snapport does not know are left alone. `reconcile(host, repair=False)` changes nothing; with `repair` it
-resolves each finding and says what it did; a second run finds nothing left that it could resolve.
+resolves each finding and says what it did; a second run finds nothing left that it could resolve. A finding
+that belongs to a set is judged under that set's lock (`lifecycle.set_lock`), taken without waiting: while an
+expose, unexpose or delete holds it, the finding is reported busy and left alone.
 `reconcile_quick` is the cheap part every state-changing CLI verb runs first.
 """
 
@@ -38,7 +40,7 @@ from snapport.osal.lock import holders, pid_alive
 from snapport.providers.reflink_array import Array
 
 HUNG_AFTER_S = 600.0  # a lock held longer than this by a live process is reported (never broken)
-STUCK_AFTER_S = 60.0  # a set deleting with no change for this long has lost its process (delete has no lock)
+STUCK_AFTER_S = 60.0  # a set deleting, unchanged this long and its set lock free, has lost its process
 AGENT_LOCK = "agent.lock"  # held for an agent's whole life: never "hung"
 _FINAL = (SetState.DELETED, SetState.ABORTED)
 
@@ -67,6 +69,9 @@ class Report:
     found: list[Finding] = field(default_factory=list)
     repaired: list[Repair] = field(default_factory=list)
     left: list[Finding] = field(default_factory=list)  # found and still wrong (not repairing, or the repair failed)
+    # found while a live process held the set's lock (an expose, unexpose or delete under way): not judged, not
+    # waited for; in `found` too, never in `left`
+    busy: list[Finding] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -77,6 +82,7 @@ class Report:
             "found": [{"kind": f.kind, "object": f.object, "detail": f.detail} for f in self.found],
             "repaired": [{"kind": r.kind, "object": r.object, "action": r.action} for r in self.repaired],
             "left": [{"kind": f.kind, "object": f.object, "detail": f.detail} for f in self.left],
+            "busy": [{"kind": f.kind, "object": f.object, "detail": f.detail} for f in self.busy],
         }
 
 
@@ -88,7 +94,39 @@ class _Pass:
         self.repair = repair
         self.report = Report()
 
-    def found(self, kind: str, obj: str, detail: str, fix: Callable[[], str] | None = None) -> None:
+    def found(
+        self,
+        kind: str,
+        obj: str,
+        detail: str,
+        fix: Callable[[], str] | None = None,
+        *,
+        set_id: uuid.UUID | None = None,
+        still: Callable[[], bool] | None = None,
+        busy: bool = False,
+    ) -> None:
+        """Record a finding and (repairing) run its fix. With `set_id`: under that set's lock, taken without
+        waiting; while another process holds it (or with `busy`) the finding is reported busy and left alone, and
+        once held, `still` says whether the finding survived what that process did meanwhile."""
+        if busy:
+            self._busy(kind, obj, detail, "a set's lock is held (an expose, unexpose or delete is under way)")
+            return
+        if set_id is None:
+            self._record(kind, obj, detail, fix)
+            return
+        try:
+            with lifecycle.set_lock(self.host, set_id, timeout_s=0):
+                if still is None or _survives(still):
+                    self._record(kind, obj, detail, fix)
+        except SetInProgress:
+            self._busy(kind, obj, detail, f"set {set_id} is busy (its lock is held by a live process)")
+
+    def _busy(self, kind: str, obj: str, detail: str, why: str) -> None:
+        finding = Finding(kind, obj, f"{detail}; {why}: left alone, run doctor again when it ends")
+        self.report.found.append(finding)
+        self.report.busy.append(finding)
+
+    def _record(self, kind: str, obj: str, detail: str, fix: Callable[[], str] | None) -> None:
         finding = Finding(kind, obj, detail)
         self.report.found.append(finding)
         if not (self.repair and fix is not None):
@@ -103,6 +141,14 @@ class _Pass:
             return
         self.report.repaired.append(Repair(kind, obj, action))
         self.host.catalog.record_event(None, "reconciled", f"{kind} {obj}: {action}")
+
+
+def _survives(still: Callable[[], bool]) -> bool:
+    """`still()`, or True when it cannot tell (the fix then runs, and reports its own failure)."""
+    try:
+        return still()
+    except (SnapportError, OSError):
+        return True
 
 
 def agent_alive(host: Host) -> bool:
@@ -235,13 +281,16 @@ def _deleting(run: _Pass, sets: list[SnapshotSet], stuck_after_s: float) -> None
         events = host.catalog.events(s.id)
         idle_s = (now - events[-1].at).total_seconds() if events else stuck_after_s
         if idle_s < stuck_after_s:
-            continue  # a delete may be under way (delete takes no lock); judged again later
+            continue  # recent: judged again later (a live delete holds its set lock besides)
 
         def finish(set_id: uuid.UUID = s.id) -> str:
             lifecycle.delete(host, set_id)
             return "finished the delete"
 
-        run.found("set", str(s.id), f"deleting, unchanged for {idle_s:.0f} s", finish)
+        def deleting(set_id: uuid.UUID = s.id) -> bool:
+            return host.catalog.get_set(set_id).state is SetState.DELETING
+
+        run.found("set", str(s.id), f"deleting, unchanged for {idle_s:.0f} s", finish, set_id=s.id, still=deleting)
 
 
 # -- frozen filesystems ------------------------------------------------------------------------------------------
@@ -311,6 +360,8 @@ def _exposures(run: _Pass, sets: list[SnapshotSet]) -> None:
                         snap.exposed_at,
                         f"snapshot {snap.id} of set {s.id} ({s.state.value}) is still mounted",
                         partial(_drop_exposure, host, s, snap.id, Path(snap.exposed_at)),
+                        set_id=s.id,
+                        still=partial(_exposure_is, host, s.id, snap.id, snap.exposed_at, mounted=True),
                     )
                 continue
             if current is None:
@@ -319,7 +370,16 @@ def _exposures(run: _Pass, sets: list[SnapshotSet]) -> None:
                     snap.exposed_at,
                     f"snapshot {snap.id} of set {s.id} is recorded exposed here, but nothing is mounted",
                     partial(_drop_exposure, host, s, snap.id, None),
+                    set_id=s.id,
+                    still=partial(_exposure_is, host, s.id, snap.id, snap.exposed_at, mounted=False),
                 )
+
+
+def _exposure_is(host: Host, set_id: uuid.UUID, snapshot_id: uuid.UUID, at: str, *, mounted: bool) -> bool:
+    """Whether the catalog still records the snapshot exposed at `at`, and `at` is (or is not) mounted."""
+    current = host.catalog.get_set(set_id)
+    recorded = any(x.id == snapshot_id and x.exposed_at == at for x in current.snapshots)
+    return recorded and (mnt.mount_at(at) is not None) == mounted
 
 
 def _drop_exposure(host: Host, snapshot_set: SnapshotSet, snapshot_id: uuid.UUID, unmount: Path | None) -> str:
@@ -366,7 +426,40 @@ def _run_dir_mounts(run: _Pass, sets: list[SnapshotSet], arrays: dict[Path, Arra
             _remove_empty_dirs(host, point)
             return "unmounted"
 
-        run.found("mount", m.mount_point, f"{m.source} ({m.fs_type}) is mounted and no exposure records it", unmount)
+        # An expose mounts, then records: the set's lock tells a live one from a leftover. A mount under a
+        # directory that names no set (`expose --at` inside the run directory) is left while any set's lock is held.
+        owner = _set_of_run_path(host, m.mount_point)
+        run.found(
+            "mount",
+            m.mount_point,
+            f"{m.source} ({m.fs_type}) is mounted and no exposure records it",
+            unmount,
+            set_id=owner,
+            still=partial(_unrecorded_mount, host, m.mount_point, m.source),
+            busy=owner is None and _any_set_locked(host),
+        )
+
+
+def _set_of_run_path(host: Host, mount_point: str) -> uuid.UUID | None:
+    """The set a path under the run directory belongs to by default exposure (`RUN_DIR/<set id>/...`), or None."""
+    try:
+        first = Path(mount_point).relative_to(host.run_dir.absolute()).parts[0]
+        return uuid.UUID(first)
+    except (ValueError, IndexError):
+        return None
+
+
+def _any_set_locked(host: Host) -> bool:
+    return any(holders(path) for path in (host.home / "locks").glob("set-*.lock"))
+
+
+def _unrecorded_mount(host: Host, mount_point: str, source: str) -> bool:
+    """Whether `source` is still mounted at `mount_point` and no exposure of a live set records it (read afresh)."""
+    current = mnt.mount_at(mount_point)
+    if current is None or current.source != source:
+        return False
+    recorded = {snap.exposed_at for s in host.catalog.list_sets() if s.state not in _FINAL for snap in s.snapshots}
+    return mount_point not in recorded
 
 
 def _devices_of_other_hosts(host: Host, arrays: dict[Path, Array]) -> set[str]:
@@ -557,7 +650,13 @@ def _leases(run: _Pass, agent_running: bool, recovery: _AgentRecovery | None) ->
                 return catalog.get_lease(lease_id).released_at is not None
 
             fix = partial(recovery.fix, released, "the agent's recovery ended the session (no BackupComplete)")
-        run.found("lease", str(lease.id), detail, fix)
+            run.found("lease", str(lease.id), detail, fix)
+            continue
+
+        def still_open(lease_id: uuid.UUID = lease.id) -> bool:
+            return catalog.get_lease(lease_id).released_at is None
+
+        run.found("lease", str(lease.id), detail, fix, set_id=lease.set_id, still=still_open)
 
 
 def _jobs(run: _Pass, agent_running: bool, recovery: _AgentRecovery | None) -> None:

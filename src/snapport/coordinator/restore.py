@@ -7,7 +7,7 @@ writer's `post_restore`. A failure names its step; once files were written it is
 the target that holds them (nothing is removed behind the user's back: it may be all they have).
 
 Writers are rebuilt from the set's Writer Metadata Documents: the kinds that need nothing from this host
-(`filesystem`, `postgresql`, `mariadb`) by themselves; `--writer SPEC` adds configuration (e.g. the PostgreSQL
+(`filesystem`, `postgresql`, `mariadb`, `sqlite`) by themselves; `--writer SPEC` adds configuration (e.g. the PostgreSQL
 WAL archive, `postgresql:DATADIR,wal_archive=DIR`) and is the only way a `hook` script or a `remote` writer
 process of this host takes part: nothing a document names is ever run.
 """
@@ -34,6 +34,7 @@ from snapport.writers.mariadb import MariadbWriter
 from snapport.writers.postgresql import PostgresqlWriter
 from snapport.writers.registry import parse_spec
 from snapport.writers.remote import RemoteWriter
+from snapport.writers.sqlite import SqliteWriter
 
 RESTORE_EVENT_TIMEOUT_S = 300.0
 StepCallback = Callable[[str, str], None]  # (step, what): "pre-restore", "writer postgresql (/srv/pg/data)"
@@ -120,6 +121,8 @@ def _document_writer(wmd: WriterMetadata, options: Mapping[str, str], host: str)
         )
     elif wmd.name == "mariadb":
         writer = MariadbWriter(wmd.instance_name, (), host=host)
+    elif wmd.name == "sqlite":
+        writer = SqliteWriter.for_restore(wmd.instance_name, host=host)
     else:
         return None
     writer.writer_id = wmd.writer_id  # the id the documents know it by, whatever host rebuilt it

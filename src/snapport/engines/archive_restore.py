@@ -8,16 +8,22 @@ against its digest before it gets its final name.
 
 Each non-directory entry is made under a temporary name (`.snapport-restore-*`) in its directory, given its
 owner, xattrs (POSIX ACLs included), mode (after the owner: chown clears setuid) and mtime, then renamed into
-place; directories get theirs last, deepest first, so restoring their contents does not disturb them. A failed
+place; directories get theirs last, deepest first, so restoring their contents does not disturb them. Directories
+the restore must make above the chosen entries (e.g. `/srv` for a component under `/srv/data`) are made mode 0755
+whatever the umask, owned by the restoring user (root), and at the end get the owner, mode and mtime of their own
+entry where the manifest has one (a directory of another component, the volume's root). A failed
 restore removes what it created (files, links, directories, the target if it made it) and leaves what it replaced
-under `overwrite`; a killed one leaves the entries it completed, at most one temporary file, and directories
-without their final mode and mtime.
+under `overwrite`; a killed one leaves the entries it completed, at most one temporary file (a file part-written
+never has its final name), and directories without their final mode and mtime. Run again with `overwrite`, it
+removes such temporary files (`.snapport-restore-` and 12 hex digits, never a directory) from each directory it
+enters, and completes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 import tarfile
@@ -32,8 +38,10 @@ from snapport.engines.archive_format import ENTRY_TYPES, Hasher, Manifest, Manif
 from snapport.engines.base import ComponentKey
 from snapport.engines.walk import EntryType
 from snapport.errors import BadState, ObjectNotFound, PathEscape, SystemCommandError, TargetNotEmpty
+from snapport.faults import inject
 
 TMP_PREFIX = ".snapport-restore-"
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + "[0-9a-f]{12}")  # TMP_PREFIX + secrets.token_hex(6)
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ZEROS = bytes(CHUNK)
@@ -75,13 +83,38 @@ class _Created:
     paths: list[tuple[Parts, bool]] = field(default_factory=list)  # (parts, is a directory)
 
 
-class _Dirs:
-    """Open directory descriptors along the current path, from the target down; every step `O_NOFOLLOW`."""
+def sweep_temporaries(dir_fd: int) -> list[str]:
+    """Remove what an interrupted restore left in an open directory: non-directories named exactly as this module
+    names its temporary files. Returns the names removed."""
+    removed = []
+    for name in os.listdir(dir_fd):  # a descriptor: never the path again
+        if not _TMP_NAME.fullmatch(name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
+    return removed
 
-    def __init__(self, root_fd: int, created: _Created) -> None:
+
+class _Dirs:
+    """Open directory descriptors along the current path, from the target down; every step `O_NOFOLLOW`. With
+    `sweep` (a restore under overwrite), each directory found already there is rid of an interrupted restore's
+    temporary files the first time it is entered."""
+
+    def __init__(self, root_fd: int, created: _Created, *, sweep: bool = False) -> None:
         self._root = root_fd
         self._stack: list[tuple[Parts, int]] = []
         self._created = created
+        self._sweep = sweep
+        self._swept: set[Parts] = set()
+        self.swept = 0  # temporary files removed
+        self._sweep_once((), root_fd)
+
+    def _sweep_once(self, parts: Parts, fd: int) -> None:
+        if self._sweep and parts not in self._swept:
+            self._swept.add(parts)
+            self.swept += len(sweep_temporaries(fd))
 
     def close(self) -> None:
         while self._stack:
@@ -95,6 +128,7 @@ class _Dirs:
         for depth in range(len(self._stack[-1][0]) if self._stack else 0, len(parts)):
             fd = child_dir(fd, parts[: depth + 1], create=create, created=self._created)
             self._stack.append((parts[: depth + 1], fd))
+            self._sweep_once(parts[: depth + 1], fd)
         return fd
 
 
@@ -113,7 +147,9 @@ def child_dir(parent_fd: int, parts: Parts, *, create: bool, created: _Created |
     os.mkdir(name, mode, dir_fd=parent_fd)
     if created is not None:
         created.paths.append((parts, True))
-    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    os.fchmod(fd, mode)  # the mode asked for, whatever the process's umask
+    return fd
 
 
 def open_dir(root_fd: int, parts: Parts) -> int:
@@ -186,7 +222,7 @@ class Restore:
         by_name = {member_name(entries[i].path): i for i in (*members, *written_as)}
         seen: set[int] = set()
         inodes: dict[int, tuple[int, int]] = {}  # entry index of a file → (dev, ino) of what was written
-        dirs = _Dirs(self.target_fd, self.created)
+        dirs = _Dirs(self.target_fd, self.created, sweep=self.overwrite)
         try:
             for member in tar:
                 found = by_name.get(member.name)
@@ -228,7 +264,9 @@ class Restore:
             raise BadState(
                 f"set {self.set_id} is damaged: {len(missing)} entries are not in its archive ({missing[0]})"
             )
-        self._directory_metadata([i for i in members if entries[i].type is EntryType.DIRECTORY], parts)
+        chosen_dirs = [i for i in members if entries[i].type is EntryType.DIRECTORY]
+        self._directory_metadata(chosen_dirs, parts)
+        self._ancestor_metadata({parts[i] for i in chosen_dirs})
         self.tick(self.files, self.bytes, True)
 
     # -- one entry each -----------------------------------------------------------------------------------------
@@ -298,6 +336,7 @@ class Restore:
         hasher = new_hasher(self.manifest.digest_algorithm)
         stream.seek(member.offset_data)
         position = 0
+        first_chunk = True
         for offset, length in entry.data_map if entry.data_map is not None else ((0, entry.size),):
             _digest_zeros(hasher, offset - position)
             at, left = offset, length
@@ -310,6 +349,9 @@ class Restore:
                 while view:
                     written = os.pwrite(fd, view, at)
                     view, at = view[written:], at + written
+                if first_chunk:
+                    first_chunk = False
+                    inject("engine.restore-write")  # a file part-written, under its temporary name only
                 left -= len(data)
                 self.bytes += len(data)
                 self.tick(self.files, self.bytes, False)
@@ -361,6 +403,21 @@ class Restore:
             fd = open_dir(self.target_fd, parts[i])
             try:
                 _metadata(fd, None, self.manifest.entries[i])
+            finally:
+                os.close(fd)
+
+    def _ancestor_metadata(self, chosen: set[Parts]) -> None:
+        """Directories this restore made above the chosen entries (made 0755, owned by the restoring user): each
+        gets the owner, xattrs, mode and mtime of its own entry where the manifest has one, deepest first."""
+        known = {e.path: e for e in self.manifest.entries if e.type is EntryType.DIRECTORY}
+        made = [parts for parts, is_dir in self.created.paths if is_dir and parts not in chosen]
+        for parts in sorted(made, key=len, reverse=True):
+            entry = known.get(_show(parts))
+            if entry is None:
+                continue
+            fd = open_dir(self.target_fd, parts)
+            try:
+                _metadata(fd, None, entry)
             finally:
                 os.close(fd)
 
@@ -423,6 +480,8 @@ def prepare_target(target: Path, overwrite: bool) -> tuple[int, bool]:
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise SystemCommandError(f"cannot open the restore target {target}: {exc.strerror}") from None
+    if made:
+        os.fchmod(fd, 0o755)  # not the process's umask
     if not overwrite and os.listdir(fd):  # noqa: PTH208  (the fd just opened, not the path again)
         os.close(fd)
         raise TargetNotEmpty(f"{target} is not empty; restore into an empty directory, or overwrite")

@@ -315,7 +315,15 @@ class MariadbWriter:
             self._release()
 
     def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
-        """The server must be stopped before its files are replaced; the restore does that (STOP_RESTORE_START)."""
+        """Veto while a live server runs on a restored datadir (STOP_RESTORE_START: it must be stopped first)."""
+        for component in restore.components:
+            datadir = restore.location(component)
+            pid = live_server(datadir)
+            if pid is not None:
+                raise WriterError(
+                    f"a MariaDB server (pid {pid}) runs on {datadir}; stop it first (systemctl stop mariadb, or "
+                    "mariadb-admin shutdown) or restore somewhere else"
+                )
 
     def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """InnoDB and Aria recover by themselves when the server starts; nothing to do."""
@@ -370,3 +378,51 @@ class MariadbWriter:
 
     def __repr__(self) -> str:
         return f"MariadbWriter({str(self.socket)!r}, lock={self.lock!r}, host={self.host!r})"
+
+
+SERVER_NAMES = ("mariadbd", "mysqld")
+INNODB_SYSTEM_FILE = "ibdata1"  # InnoDB holds a POSIX write lock on it while the server runs
+
+
+def live_server(datadir: Path) -> int | None:
+    """The pid of a live server on `datadir`, or None: a `mariadbd`/`mysqld` process whose working directory is
+    `datadir` (the server changes into its datadir at start), or a process holding InnoDB's lock on its
+    `ibdata1`. A pid file is not trusted: it may be elsewhere (`--pid-file`) or stale."""
+    try:
+        real = os.path.realpath(datadir, strict=True)
+    except OSError:
+        return None  # nothing there yet: nothing runs on it
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry.name}/comm").read_text().strip() not in SERVER_NAMES:
+                continue
+            cwd = Path(f"/proc/{entry.name}/cwd").readlink()
+        except OSError:
+            continue  # gone, or not ours to look at
+        if os.path.realpath(cwd) == real:
+            return int(entry.name)
+    return _lock_holder(Path(real) / INNODB_SYSTEM_FILE)
+
+
+def _lock_holder(path: Path) -> int | None:
+    """A pid holding a POSIX (fcntl) lock on `path`, from /proc/locks; None for none or no such file."""
+    try:
+        info = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] not in ("POSIX", "OFDLCK"):
+            continue
+        where = fields[5].split(":")
+        try:
+            key = (int(where[0], 16), int(where[1], 16), int(where[2]))
+        except (IndexError, ValueError):
+            continue
+        if key == wanted and fields[4].isdigit() and int(fields[4]) > 0:
+            return int(fields[4])
+    return None

@@ -5,6 +5,10 @@ RESERVED lock (rollback journal): every other writer waits, readers carry on, an
 the committed transactions. `thaw` rolls back (nothing was written) and closes. `prepare_snapshot` checkpoints
 the WAL first so the snapshot carries a short log. Like the filesystem writer's guard, an in-process watchdog
 lets go of the lock when the session's freeze window runs out, and `thaw` then reports it.
+
+At a restore, `pre_restore` vetoes while the database is live where it would be restored: a process has the
+database file, or its `-wal`, `-shm` or `-journal` file, open (an idle connection holds no lock in rollback-journal
+mode, so a lock probe would miss it; an open descriptor does not).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import functools
 import glob
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -47,6 +52,7 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # for microseconds only: waiting that way starves. So locks are tried here, every half millisecond.
 _POLL_S = 0.0005
 _HEADER = b"SQLite format 3\x00"
+DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # the database and the files SQLite keeps beside it
 
 
 def sqlite_writer_id(host: str, databases: Sequence[Path]) -> uuid.UUID:
@@ -79,6 +85,53 @@ def journal_mode(path: Path) -> str:
     if len(header) == 100 and header.startswith(_HEADER) and header[18] == 2:
         return "wal"
     return "delete"
+
+
+def processes_using(paths: Sequence[Path]) -> list[tuple[int, Path]]:
+    """(pid, path) for each other process with one of `paths` open, found by its /proc/PID/fd links (the same
+    file: same device and inode, so a bind mount or another path to it counts too). Processes whose descriptors
+    may not be read (another user's, when not root) are not seen."""
+    wanted: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # absent: nobody has it open at this path
+        if stat.S_ISREG(info.st_mode):
+            wanted[(info.st_dev, info.st_ino)] = path
+    if not wanted:
+        return []
+    names = {p.name for p in wanted.values()}
+    found: list[tuple[int, Path]] = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = list(Path(f"/proc/{entry.name}/fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                # The link's text first (no filesystem is asked); only a likely name is stat'ed to compare inodes.
+                if fd.readlink().name not in names:
+                    continue
+                info = fd.stat()
+            except OSError:
+                continue
+            hit = wanted.get((info.st_dev, info.st_ino))
+            if hit is not None:
+                found.append((int(entry.name), hit))
+                break
+    return found
+
+
+def _command(pid: int) -> str:
+    """`, COMMAND` for a message, from /proc/PID/comm; empty when it cannot be read."""
+    try:
+        return ", " + Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _budget_s(deadline: Deadline, share: int = 1) -> float:
@@ -144,7 +197,19 @@ class SqliteWriter:
             path = Path(os.path.realpath(given))
             volume = volume_holding(path, volumes)
             found[path] = _Database(path, volume, relative_to_volume(volume.mount_point, str(path.parent)))
-        self._databases = tuple(found[p] for p in sorted(found))  # one lock order for every freeze
+        self._setup(tuple(found[p] for p in sorted(found)), host, checkpoint)  # one lock order for every freeze
+
+    @classmethod
+    def for_restore(cls, instance_name: str, *, host: str) -> SqliteWriter:
+        """A writer for a restore's events only, rebuilt from its metadata document on any host: it knows no
+        database of its own (its restore context names the restored ones) and cannot take part in a backup."""
+        writer = cls.__new__(cls)
+        writer._setup((), host, "off")
+        writer.instance_name = instance_name
+        return writer
+
+    def _setup(self, databases: tuple[_Database, ...], host: str, checkpoint: str) -> None:
+        self._databases = databases
         self.host = host
         self.checkpoint = checkpoint
         self.writer_id = sqlite_writer_id(host, [d.path for d in self._databases])
@@ -266,7 +331,17 @@ class SqliteWriter:
             self._release()
 
     def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
-        """The application must have the database closed; SQLite itself needs nothing."""
+        """Veto while a process has a restored database (or its WAL, shared-memory or journal file) open where the
+        restore would write it: the application must close it first."""
+        for component in restore.components:
+            database = restore.location(component)
+            users = processes_using([Path(f"{database}{suffix}") for suffix in DATABASE_SUFFIXES])
+            if users:
+                pid, path = users[0]
+                raise WriterError(
+                    f"a process (pid {pid}{_command(pid)}) has the SQLite database {database} open ({path}); stop "
+                    "the application using it first, or restore somewhere else"
+                )
 
     def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         """A restored WAL is replayed by SQLite on the next open; nothing to do."""
