@@ -145,8 +145,9 @@ def _open_under(pid: int, directory: str) -> list[str]:
     return found
 
 
-# A database sorted before app.db, large enough that the engine's `engine.backup` point (half of the bytes) is
-# reached right after it, while the read-ahead holds app.db open: the hung engine keeps the exposed copy busy.
+# A database large enough to be streamed (not read whole) and to hold the middle of the bytes, so the engine's
+# `engine.backup` point (half of the bytes) is reached while it holds this file open: the hung engine keeps the
+# exposed copy busy.
 BALLAST = (
     "import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
     "db.execute('CREATE TABLE IF NOT EXISTS ballast (b BLOB)'); db.execute('DELETE FROM ballast');"

@@ -286,8 +286,11 @@ class _FrameSink:
         if self.stored_bytes - self._written_back >= WRITE_BACK:
             # Linux starts writeback of the range (without waiting) and drops its clean pages: the archive goes
             # to disk while the backup runs instead of all at the final fsync, and does not crowd the page cache.
+            # The range reaches one step back, whose writeback the last call started (not from 0: each call would
+            # walk every page written so far).
+            start = max(0, self._written_back - WRITE_BACK)
             with contextlib.suppress(OSError):
-                os.posix_fadvise(self._fd, 0, self.stored_bytes, os.POSIX_FADV_DONTNEED)
+                os.posix_fadvise(self._fd, start, self.stored_bytes - start, os.POSIX_FADV_DONTNEED)
             self._written_back = self.stored_bytes
 
 
@@ -883,6 +886,17 @@ class ArchiveEngine:
         by_path: dict[str, str] = {}
         done = [0, 0]  # files, bytes
         injected = False
+
+        def progress(bytes_done: int) -> None:
+            meter(Phase.BACKUP, done[0], bytes_done, total)
+            reached(bytes_done)
+
+        def reached(bytes_done: int) -> None:
+            nonlocal injected
+            if not injected and bytes_done * 2 >= total[1]:
+                injected = True
+                inject("engine.backup")  # mid-way (inside a streamed file, if one crosses it): nothing published
+
         with (
             memory.streaming(),
             _ReadAhead(entries, self.digest_algorithm) as ahead,
@@ -906,9 +920,7 @@ class ArchiveEngine:
                         digest = loaded.digest
                         sink.write(loaded.data)
                     else:
-                        digest = self._stream(
-                            entry, loaded, sink, lambda n: meter(Phase.BACKUP, done[0], done[1] + n, total)
-                        )
+                        digest = self._stream(entry, loaded, sink, lambda n: progress(done[1] + n))
                     sink.write(_ZEROS[: -sink.tar_bytes % _BLOCK])
                     by_path[entry.path] = digest
                     done[1] += entry.size
@@ -919,9 +931,8 @@ class ArchiveEngine:
                 if entry.type is not EntryType.DIRECTORY:
                     done[0] += 1
                 meter(Phase.BACKUP, done[0], done[1], total)
-                if not injected and entry.type is EntryType.FILE and done[1] * 2 >= total[1]:
-                    injected = True
-                    inject("engine.backup")  # mid-way: data written, nothing published
+                if entry.type is EntryType.FILE:
+                    reached(done[1])
             sink.finish()
             raw.flush()
             os.fsync(raw.fileno())
