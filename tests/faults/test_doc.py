@@ -40,3 +40,9 @@ def test_rows_merge_by_key_and_read_back(tmp_path: Path, monkeypatch: pytest.Mon
     assert by_key[old.key] == reliability.Row("a.b", "kill", ONE, "JOB_INTERRUPTED", {"thawed": False}, "new | piped")
     assert by_key[kept.key] == kept
     assert doc.read_text().startswith("# title")
+
+
+def test_a_note_shows_no_test_temporary_directory() -> None:
+    note = "hook /tmp/pytest-of-root/pytest-462/t_0/hooks/h.sh failed; repo /tmp/pytest-of-root/pytest-9/r0/repo"
+    row = reliability.Row("a.b", "kill", ONE, "ok", {}, note)
+    assert row.cells([])[-1] == "hook $TMP/hooks/h.sh failed; repo $TMP/repo"
