@@ -169,10 +169,10 @@ def set_lock_path(host: Host, set_id: uuid.UUID) -> Path:
 
 @contextlib.contextmanager
 def set_lock(host: Host, set_id: uuid.UUID, *, timeout_s: float = SET_LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the set's own lock (`$SNAPPORT_HOME/locks/set-<id>.lock`, a flock): expose, unexpose and delete take it,
-    and doctor's repair of the set, so none runs between another's mount and its catalog record. Re-entrant in a
-    thread (delete within complete, within doctor's repair). `SetInProgress` when another process holds it past
-    `timeout_s` (0: do not wait). A set that ends deleted or aborted loses its lock file too."""
+    """Hold the set's own lock (`$SNAPPORT_HOME/locks/set-<id>.lock`, a flock): expose, unexpose, delete and break
+    take it, and doctor's repair of the set, so none runs between another's mount and its catalog record.
+    Re-entrant in a thread (delete within complete, within doctor's repair). `SetInProgress` when another process
+    holds it past `timeout_s` (0: do not wait). A set that ends deleted or aborted loses its lock file too."""
     held: set[tuple[str, uuid.UUID]] = _held_set_locks.__dict__.setdefault("keys", set())
     key = (str(host.home), set_id)
     if key in held:
@@ -348,6 +348,11 @@ class BrokenVolume:
 
 def break_set(host: Host, set_id: uuid.UUID) -> list[BrokenVolume]:
     """Turn each snapshot into a standalone read-write volume and forget the set (VSS: BreakSnapshotSetEx)."""
+    with set_lock(host, set_id):
+        return _break(host, set_id)
+
+
+def _break(host: Host, set_id: uuid.UUID) -> list[BrokenVolume]:
     catalog = host.catalog
     snapshot_set = catalog.get_set(set_id)
     if snapshot_set.state is SetState.EXPOSED:

@@ -248,18 +248,29 @@ class PostgresqlWriter:
         try:
             row = self._query(
                 conn,
-                "SELECT current_setting('data_directory'), current_setting('server_version_num')::int",
+                "SELECT current_setting('data_directory'), current_setting('server_version_num')::int, "
+                "current_setting('archive_mode'), current_setting('archive_command') <> '' "
+                "OR coalesce(current_setting('archive_library', true), '') <> ''",
                 deadline,
             )
         finally:
             conn.close()
-        served, version = str(row[0]), int(row[1])
+        served, version, archive_mode, archiver = str(row[0]), int(row[1]), str(row[2]), bool(row[3])
         if os.path.realpath(served) != str(self.data_dir):
             raise WriterError(
                 f"the PostgreSQL server at {self._address} serves {served}, not {self.data_dir}; check host and port"
             )
         if version < MIN_SERVER_VERSION:
             raise WriterError(f"PostgreSQL {version} is too old: the postgresql writer needs 15 or later")
+        if self.mode == "backup-mode" and (archive_mode == "off" or not archiver):
+            # The copy needs the WAL written up to pg_backup_stop, after the snapshot: only the archive has it.
+            what = (
+                "archive_mode is off" if archive_mode == "off" else "neither archive_command nor archive_library is set"
+            )
+            raise WriterError(
+                f"the PostgreSQL server at {self._address} does not archive its WAL ({what}): a backup-mode copy "
+                "could never be restored; set up WAL archiving, or use mode=atomic with every volume of the cluster"
+            )
 
     def prepare_snapshot(self, session: Session, deadline: Deadline) -> None:
         """backup-mode: `pg_backup_start` (with an immediate checkpoint) on a connection held until post-snapshot;

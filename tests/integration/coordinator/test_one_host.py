@@ -5,9 +5,11 @@ A second home (`two`) stands for the backup host: it imports what `one` made tra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -16,6 +18,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -287,13 +290,50 @@ def test_path_mapping_never_leaves_the_exposed_copy(world: ArrayWorld) -> None:
     assert world.leftovers(host) == []
 
 
-def test_break_leaves_a_standalone_writable_volume(world: ArrayWorld) -> None:
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+def test_break_waits_for_the_set_lock_and_leaves_a_standalone_writable_volume(world: ArrayWorld) -> None:
     volume = world.volume("data", "ext4")
     (volume / "f").write_text("kept")
     host = world.host()
     created = snapport(world, HOST_ONE, "create", str(volume), "--context", "app-rollback")
-    broken = snapport(world, HOST_ONE, "break", str(created["set_id"]))
-    volumes = broken["volumes"]
+    set_id = uuid.UUID(str(created["set_id"]))
+    lock = lifecycle.set_lock_path(host, set_id)
+    go = world.tmp / "go"
+    holder = subprocess.Popen(  # another process in the middle of an expose, unexpose or delete of this set
+        ["flock", "-x", str(lock), "sh", "-c", f"touch {world.tmp}/held; while [ ! -e {go} ]; do sleep 0.05; done"]
+    )
+    try:
+        _wait((world.tmp / "held").exists, "the holder's lock")
+        breaking = subprocess.Popen(
+            [sys.executable, "-m", "snapport", "break", str(set_id), "--json"],
+            env=world.env(HOST_ONE),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait(lambda: _has_open(breaking.pid, lock), "break to wait on the set's lock")
+        time.sleep(0.5)
+        assert breaking.poll() is None and host.catalog.get_set(set_id).state is SetState.CREATED
+    finally:
+        go.touch()
+        holder.wait(timeout=30)
+    out, err = breaking.communicate(timeout=120)
+    assert breaking.returncode == 0, err
+    volumes = json.loads(out)["volumes"]
     assert isinstance(volumes, list) and len(volumes) == 1
     device = volumes[0]["device"]
     lun = next(lun.id for lun in world.array.luns() if lun.id not in world.luns.values())

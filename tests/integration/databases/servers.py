@@ -356,11 +356,16 @@ class DatabaseCase:
     stop: Callable[[], None]
 
 
+def wal_archiving(archive: Path) -> dict[str, str]:
+    """The settings that make a server archive its WAL into `archive` (which backup-mode needs)."""
+    return {"archive_mode": "on", "archive_command": f"'test ! -f {archive}/%f && cp %p {archive}/%f'"}
+
+
 def database_case(kind: str, mount_point: Path, shared: Path) -> DatabaseCase:
     """Start a server of `kind` with its files on `mount_point` and describe it for the conformance suite."""
     if kind == "postgresql":
         pg = PgServer(mount_point / "data", shared / "sock")
-        pg.init()
+        pg.init(settings=wal_archiving(owned_dir(shared / "archive", "postgres")))
         pg.start()
         try:
             pg.query("CREATE TABLE t (v text)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from snapport.documents import load_documents
-from snapport.errors import BadState, UnsupportedContext
+from snapport.errors import BadState, UnsupportedContext, WriterError
 from snapport.writers import postgresql
 from snapport.writers.postgresql import parse_backup_metadata
 from tests.integration.coordinator.conftest import ArrayWorld
@@ -32,6 +32,7 @@ from tests.integration.databases.servers import (
     chown_tree,
     missing_postgresql,
     owned_dir,
+    wal_archiving,
 )
 
 pytestmark = [
@@ -47,10 +48,6 @@ SUMS = (
     "(SELECT count(*) FROM pgbench_history)"
 )
 Servers = list[PgServer | MariaServer]
-
-
-def _archiving(archive: Path) -> dict[str, str]:
-    return {"archive_mode": "on", "archive_command": f"'test ! -f {archive}/%f && cp %p {archive}/%f'"}
 
 
 def _wal_files(archive: Path) -> list[str]:
@@ -99,7 +96,7 @@ def test_a_copy_taken_under_pgbench_load_restores_and_keeps_the_invariant(
     servers.append(server)
     server.init(
         waldir=other_volume / "wal" if mode == "atomic" else None,
-        settings=_archiving(archive) if mode == "backup-mode" else {},
+        settings=wal_archiving(archive) if mode == "backup-mode" else {},
     )
     server.start()
     init_args = ["-i", "-s", "1", "-q"]
@@ -204,9 +201,20 @@ def test_atomic_mode_is_refused_unless_the_set_holds_the_whole_cluster(db_world:
     assert snapport(world, "list")["sets"] == []  # refused before anything was made, let alone frozen
     assert world.leftovers(world.host()) == []
 
-    # backup-mode takes the WAL from the archive, so the WAL volume may stay out; the whole cluster is atomic.
+    # backup-mode needs the WAL archived after the snapshot: refused while the server does not archive it...
+    backup_mode = server.spec(mode="backup-mode")
+    refused = snapport(world, "create", str(data_volume), str(space_volume), "--writer", backup_mode, check=False)
+    assert refused["rc"] == WriterError.exit_code, refused
+    assert "does not archive its WAL (archive_mode is off)" in str(refused["stderr"]), refused
+    sets = snapport(world, "list")["sets"]
+    assert isinstance(sets, list) and [s["state"] for s in sets] == ["aborted"], sets  # before the freeze
+    assert world.leftovers(world.host()) == []
+    server.stop()
+    server.configure(wal_archiving(owned_dir(shared / "archive", "postgres")))
+    server.start()
+    # ...and then takes it from the archive, so the WAL volume may stay out; the whole cluster is atomic.
     for volumes, spec in (
-        ((data_volume, space_volume), server.spec(mode="backup-mode")),
+        ((data_volume, space_volume), backup_mode),
         ((data_volume, wal_volume, space_volume), atomic),
     ):
         created = snapport(world, "create", *map(str, volumes), "--writer", spec)
@@ -225,7 +233,7 @@ def test_backup_complete_purges_archived_wal_once_for_a_full_backup_and_never_fo
     archive = owned_dir(shared / "archive", "postgres")
     server = PgServer(data_volume / "data", shared / "sock")
     servers.append(server)
-    server.init(settings=_archiving(archive))
+    server.init(settings=wal_archiving(archive))
     server.start()
     server.query("CREATE TABLE filler (x int)")
 

@@ -22,8 +22,8 @@ from snapport.engines import ArchiveEngine, SetDocuments, select_components
 from snapport.errors import TargetNotEmpty, WriterError
 from snapport.writers import postgresql
 from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
-from tests.integration.databases.servers import MariaServer, PgServer, missing_postgresql, owned_dir
-from tests.integration.databases.test_postgresql import SUMS, _archiving, _create_under_pgbench, _wait_for
+from tests.integration.databases.servers import MariaServer, PgServer, missing_postgresql, owned_dir, wal_archiving
+from tests.integration.databases.test_postgresql import SUMS, _create_under_pgbench, _wait_for
 
 pytestmark = [
     pytest.mark.root,
@@ -92,7 +92,7 @@ def test_a_cluster_backed_up_offhost_is_restored_by_snapport_restore_and_starts(
     servers.append(server)
     server.init(
         waldir=other_volume / "wal" if mode == "atomic" else None,
-        settings=_archiving(archive) if mode == "backup-mode" else {},
+        settings=wal_archiving(archive) if mode == "backup-mode" else {},
     )
     server.start()
     init_args = ["-i", "-s", "1", "-q"]
