@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from snapport.catalog import Catalog, catalog_url
+from snapport.catalog import Catalog, JobState, catalog_url
 from snapport.lab import Lab
 from snapport.lab.agents import serve_argv, wait_listening
 from snapport.osal import loop
@@ -66,13 +66,18 @@ class LabUnderTest:
         finally:
             catalog.close()
 
-    def proxy_job(self) -> Any:
-        """The newest proxy-backup job on systemTwo (from its catalog), or None."""
+    def proxy_jobs(self, states: Any = None, *, set_id: uuid.UUID | None = None) -> list[Any]:
+        """systemTwo's proxy-backup jobs (from its catalog). Their creation times come from the proxy's clock, which
+        a test may have set off: ask for a set's job, or a running one, rather than for the newest."""
         catalog = self.catalog("two")
         try:
-            jobs = catalog.list_jobs(kind="proxy-backup")
+            return catalog.list_jobs(states, kind="proxy-backup", set_id=set_id)
         finally:
             catalog.close()
+
+    def proxy_job(self, set_id: uuid.UUID) -> Any:
+        """The proxy-backup job of `set_id` on systemTwo, or None."""
+        jobs = self.proxy_jobs(set_id=set_id)
         return jobs[-1] if jobs else None
 
     def exposed_on_two(self) -> list[str]:
@@ -117,12 +122,13 @@ class LabUnderTest:
 
     def wait_proxy_phase(self, phase: str, *, timeout_s: float = 60) -> Any:
         deadline = time.monotonic() + timeout_s
+        running: list[Any] = []
         while time.monotonic() < deadline:
-            job = self.proxy_job()
-            if job is not None and job.state.value == "running" and job.progress.phase == phase:
-                return job
+            running = self.proxy_jobs([JobState.RUNNING])
+            if len(running) == 1 and running[0].progress.phase == phase:
+                return running[0]
             time.sleep(0.1)
-        raise AssertionError(f"the proxy job did not reach {phase}: {self.proxy_job()}")
+        raise AssertionError(f"the proxy job did not reach {phase}: {running}")
 
     def release(self) -> None:
         """Stop what the tests started in the lab, before `lab down`."""

@@ -192,7 +192,7 @@ def test_link_cut_mid_backup_lease_expires_and_both_sides_clean_up(lab_up: LabUn
         wait_until(lambda: lab_up.set_state("two", set_id) == "deleted", timeout_s=60, what="the proxy's clean-up")
         wait_until(lambda: lab_up.set_state("one", set_id) == "deleted", timeout_s=60, what="systemOne's delete")
         assert not Path(f"/proc/{hung}").exists()  # killed and reaped
-        proxy_job = lab_up.proxy_job()
+        proxy_job = lab_up.proxy_job(set_id)
         assert proxy_job.state.value == "failed" and proxy_job.error_code == "LEASE_EXPIRED", proxy_job.error_message
         assert lab_up.exposed_on_two() == []
         assert lab_up.snapshot_loops() == []
