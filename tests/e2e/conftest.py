@@ -66,18 +66,18 @@ class LabUnderTest:
         finally:
             catalog.close()
 
-    def proxy_jobs(self, states: Any = None, *, set_id: uuid.UUID | None = None) -> list[Any]:
+    def proxy_jobs(self, states: Any = None) -> list[Any]:
         """systemTwo's proxy-backup jobs (from its catalog). Their creation times come from the proxy's clock, which
         a test may have set off: ask for a set's job, or a running one, rather than for the newest."""
         catalog = self.catalog("two")
         try:
-            return catalog.list_jobs(states, kind="proxy-backup", set_id=set_id)
+            return catalog.list_jobs(states, kind="proxy-backup")
         finally:
             catalog.close()
 
     def proxy_job(self, set_id: uuid.UUID) -> Any:
-        """The proxy-backup job of `set_id` on systemTwo, or None."""
-        jobs = self.proxy_jobs(set_id=set_id)
+        """The proxy-backup job of `set_id` (named in its parameters) on systemTwo, or None."""
+        jobs = [j for j in self.proxy_jobs() if json.loads(j.params_json).get("set_id") == str(set_id)]
         return jobs[-1] if jobs else None
 
     def exposed_on_two(self) -> list[str]:
