@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from snapport.agent.config import config_path, parse_config, render_config
+from snapport.catalog import JobState
 from snapport.engines import ArchiveEngine
 from tests.e2e.conftest import E2E_MARKS, LabUnderTest, result_of, wait_until
 from tests.integration.lab.conftest import snapport
@@ -236,3 +239,49 @@ def test_proxy_killed_mid_backup_reconciles_on_restart(lab_up: LabUnderTest, tmp
     finally:
         if backup.poll() is None:
             backup.kill()
+
+
+def test_a_queued_proxy_job_keeps_its_lease(lab_up: LabUnderTest, tmp_path: Path) -> None:
+    """The proxy runs one job at a time and the first hangs in its engine; a second off-host backup, on a 3 s lease,
+    waits in the proxy's queue for several leases: systemOne keeps renewing it because the proxy answers that the
+    job is queued (a queue is not a lost proxy). Once the proxy restarts, both end without BackupComplete and
+    nothing is left on either host."""
+    lab = lab_up.lab
+    config = config_path(lab.two.home)
+    original = config.read_text()
+    config.write_text(render_config(parse_config(original).model_copy(update={"max_jobs": 1})))
+    lab_up.stop_proxy_agent()
+    lab_up.start_proxy_agent({"SNAPPORT_FAULT": "engine.backup:hang"})
+    backups: list[subprocess.Popen[str]] = []
+    set_ids: list[uuid.UUID] = []
+    try:
+        for name, lease in (("first", "60"), ("second", "3")):
+            argv = lab_up.offhost_argv(tmp_path / name, "--lease", lease)
+            backups.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            if name == "first":
+                set_ids.append(uuid.UUID(json.loads(lab_up.wait_proxy_phase("backup").params_json)["set_id"]))
+        wait_until(lambda: len(lab_up.proxy_jobs([JobState.QUEUED])) == 1, timeout_s=60, what="the second job queued")
+        [queued] = lab_up.proxy_jobs([JobState.QUEUED])
+        set_ids.append(uuid.UUID(json.loads(queued.params_json)["set_id"]))
+        time.sleep(10)  # more than three of its leases
+        assert backups[1].poll() is None, backups[1].communicate()
+        assert [j.id for j in lab_up.proxy_jobs([JobState.QUEUED])] == [queued.id]
+        assert lab_up.set_state("one", set_ids[1]) not in ("deleted", "aborted")
+    finally:
+        config.write_text(original)
+        lab_up.stop_proxy_agent()  # its queued and running jobs end interrupted
+        lab_up.start_proxy_agent()
+        errors = []
+        for backup in backups:
+            try:
+                errors.append(backup.communicate(timeout=120)[1])
+            finally:
+                if backup.poll() is None:
+                    backup.kill()
+    assert len(errors) == 2 and all(b.returncode != 0 for b in backups), errors
+    assert "LEASE_EXPIRED" not in errors[1], errors[1]
+    for set_id in set_ids:
+        assert lab_up.backup_completes(set_id) == 0
+        wait_until(lambda s=set_id: lab_up.set_state("one", s) == "deleted", timeout_s=60, what="systemOne's delete")
+    assert lab_up.exposed_on_two() == []
+    assert lab_up.snapshot_loops() == []

@@ -66,7 +66,8 @@ def log(message: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class WriterConfig:
-    """A writer's TOML file: `target`, the kind's own keys, and optionally the `user` to run as."""
+    """A writer's TOML file: `target`, the kind's own keys (at the top or in `[options]`), and optionally the
+    `user` to run as."""
 
     target: str
     options: dict[str, str] = field(default_factory=dict)
@@ -100,7 +101,15 @@ def load_config(path: Path) -> WriterConfig:
     user = data.pop("user", None)
     if user is not None and (not isinstance(user, str) or not user):
         raise UsageError(f"writer config {path}: `user` must be a user name")
-    return WriterConfig(target, {k: _option_text(k, v) for k, v in data.items()}, user)
+    # The kind's keys may also sit in an [options] table: the only way to give a kind's own `user` (the database
+    # account of the postgresql and mariadb writers), since a top-level `user` is who the writer runs as.
+    table = data.pop("options", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"writer config {path}: `options` must be a table ([options])")
+    both = sorted(table.keys() & data.keys())
+    if both:
+        raise UsageError(f"writer config {path}: {', '.join(both)} given both at the top and in [options]")
+    return WriterConfig(target, {k: _option_text(k, v) for k, v in (data | table).items()}, user)
 
 
 def mounted_volumes(host: str) -> list[Volume]:

@@ -173,7 +173,14 @@ def test_load_config_builds_the_spec_and_refuses_what_a_spec_cannot_say(tmp_path
     loaded = load_config(config)
     assert loaded == WriterConfig("/srv/app.db", {"checkpoint": "passive"}, "app")
     assert loaded.spec("sqlite") == "sqlite:/srv/app.db,checkpoint=passive"
+    # A kind's own `user` (a database account) goes in [options]: the top-level one is who the writer runs as.
+    config.write_text(
+        'target = "/run/mysqld/mysqld.sock"\nuser = "mysql"\n[options]\nuser = "backup"\nlock = "ftwrl"\n'
+    )
+    assert load_config(config) == WriterConfig("/run/mysqld/mysqld.sock", {"user": "backup", "lock": "ftwrl"}, "mysql")
     for text, message in [
+        ("target = '/a'\noptions = 'user=x'\n", "must be a table"),
+        ("target = '/a'\nlock = 'ftwrl'\n[options]\nlock = 'ftwrl'\n", "lock given both at the top and in"),
         ("checkpoint = 'off'\n", "names no `target`"),
         ("target = '/a'\nkey = 'a,b'\n", "cannot contain a comma"),
         ("target = '/a'\nkey = [1]\n", "must be text or a number"),
