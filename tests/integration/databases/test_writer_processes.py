@@ -12,8 +12,6 @@ import json
 import pwd
 import signal
 import sys
-import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from tests.integration.databases.servers import (
     owned_dir,
     wal_archiving,
 )
+from tests.integration.databases.test_postgresql import _wait_for, _wal_files
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
 needs_postgresql = pytest.mark.skipif(missing_postgresql() is not None, reason=f"PostgreSQL: {missing_postgresql()}")
@@ -51,13 +50,6 @@ SET_EVENTS = [(e, True) for e in ("identify", "prepare-backup", "prepare-snapsho
 COMPLETE_EVENTS = [("backup-complete", True), ("backup-shutdown", True)]
 # The writer's backup session as the server sees it (pg_backup_start's connection is held until post-snapshot).
 PG_BACKUP_SESSIONS = f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{postgresql.APPLICATION_NAME}'"
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _assert_runs_as(world: ArrayWorld, writer: WriterProcess, user: str) -> None:
@@ -134,10 +126,6 @@ def _pg_config(server: PgServer, **extra: str) -> dict[str, str]:
         **extra,
         "user": "postgres",
     }
-
-
-def _wal_files(archive: Path) -> list[str]:
-    return sorted(p.name for p in archive.iterdir() if len(p.name) == 24)
 
 
 @pytest.mark.postgresql
