@@ -1,7 +1,13 @@
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
 from snapport.errors import SystemCommandError
-from snapport.osal.runner import RecordingRunner, SubprocessRunner
+from snapport.osal.runner import PIPE, Process, RecordingRunner, SubprocessRunner
 
 
 def test_subprocess_runner_reports_rc_output_and_duration() -> None:
@@ -25,3 +31,67 @@ def test_recording_runner_records_and_answers() -> None:
     with pytest.raises(SystemCommandError):
         RecordingRunner(responders=[lambda argv: (1, "", "boom")]).run(["x"])
     assert runner.calls == [("losetup", "--find")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return stat[0] != "Z"
+
+
+def test_a_started_process_talks_over_pipes_and_is_reaped_by_wait() -> None:
+    with SubprocessRunner().start(["sh", "-c", "read x; echo got $x; exit 4"], stdin=PIPE, stdout=PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"got hello\n"
+        assert proc.wait(5) == 4
+        assert proc.returncode == 4 and not proc.running()
+
+
+def test_stop_signals_waits_the_grace_then_kills_the_whole_group() -> None:
+    # The leader ignores SIGTERM and has a child of its own: both are gone once `stop` returns.
+    script = "trap '' TERM; sleep 60 & echo $!; wait"
+    proc = SubprocessRunner().start(["sh", "-c", script], stdout=PIPE)
+    assert proc.stdout is not None
+    grandchild = int(proc.stdout.readline())
+    assert proc.running() and _alive(grandchild)
+    started = time.monotonic()
+    assert proc.stop(grace_s=0.3) == -signal.SIGKILL
+    assert time.monotonic() - started >= 0.3
+    assert not _alive(grandchild)
+    assert proc.stop() == -signal.SIGKILL  # idempotent
+
+
+def test_stop_of_a_process_that_ends_on_sigterm_does_not_wait_the_grace() -> None:
+    proc = SubprocessRunner().start(["sleep", "60"])
+    started = time.monotonic()
+    assert proc.stop(grace_s=30) == -signal.SIGTERM
+    assert time.monotonic() - started < 5
+
+
+def test_a_process_with_a_death_signal_dies_with_the_thread_that_started_it() -> None:
+    started: list[Process] = []
+    thread = threading.Thread(
+        target=lambda: started.append(SubprocessRunner().start(["sleep", "60"], die_with_parent=True))
+    )
+    thread.start()
+    thread.join()
+    proc = started[0]
+    assert proc.wait(5) == -signal.SIGKILL
+
+
+def test_start_refuses_a_missing_command_in_one_line() -> None:
+    with pytest.raises(SystemCommandError, match="cannot start `/nonexistent/tool`"):
+        SubprocessRunner().start(["/nonexistent/tool"])
+
+
+def test_the_recording_runner_records_a_start_and_answers_with_an_exited_process() -> None:
+    runner = RecordingRunner(responders=[lambda argv: (3, "out", "err") if argv[0] == "rbd" else None])
+    with runner.start(["rbd", "device", "map", "pool/image"], stdout=PIPE) as proc:
+        assert proc.stdout is not None and proc.stdout.read() == b"out"
+        assert proc.wait() == 3 and not proc.running()
+    assert runner.calls == [("rbd", "device", "map", "pool/image")]
