@@ -1,6 +1,7 @@
 """The error vocabulary: every failure snapport reports has a stable name, an exit code and retry advice.
 
-The tree (a leaf module: it imports nothing of ours, so every layer, the model included, may raise these)::
+The tree (a leaf module: it imports nothing of ours, so every layer, the model included, may raise these), each
+class with its stable name, its exit code and, where an agent answers it, its HTTP status (inherited; 500 else)::
 
     SnapportError                       INTERNAL              70
     ├── UsageError                      BAD_ARGUMENT           2
@@ -32,12 +33,16 @@ The tree (a leaf module: it imports nothing of ours, so every layer, the model i
     ├── UnsupportedOperation            UNSUPPORTED_OPERATION 29
     └── DoctorFound                     DOCTOR_FOUND          30
 
-`docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module.
+`docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module. An error that crossed
+a process or a network (a job's, an agent's answer, the engine child's) comes back as its own class by
+`SnapportError.from_code`.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+_BY_CODE: dict[str, type[SnapportError]] = {}  # every class by its name, as each is defined
 
 
 class SnapportError(Exception):
@@ -45,7 +50,12 @@ class SnapportError(Exception):
 
     code: ClassVar[str] = "INTERNAL"
     exit_code: ClassVar[int] = 70
+    http_status: ClassVar[int] = 500  # what an agent answers with it
     advice: ClassVar[str] = "this is a bug in snapport; rerun with --debug and report the traceback"
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _BY_CODE[cls.code] = cls
 
     def __init__(self, message: str) -> None:
         # One line, always: the CLI prints it as is.
@@ -55,10 +65,28 @@ class SnapportError(Exception):
     def message(self) -> str:
         return str(self.args[0])
 
+    @staticmethod
+    def from_code(code: str | None, message: str) -> SnapportError:
+        """The error of the class named `code`, carrying `message`; a name this version does not know (or none)
+        gives the root class, the name kept in the message."""
+        cls = _BY_CODE.get(code or "")
+        if cls is None:
+            return SnapportError(f"{code}: {message}" if code else message)
+        return cls(message)
+
+    @staticmethod
+    def advice_for(code: str) -> str:
+        """The advice of the class named `code` (the root's for a name this version does not know)."""
+        return _BY_CODE.get(code, SnapportError).advice
+
+
+_BY_CODE[SnapportError.code] = SnapportError
+
 
 class UsageError(SnapportError):
     code = "BAD_ARGUMENT"
     exit_code = 2
+    http_status = 400
     advice = "check the command line against `snapport VERB --help`"
 
 
@@ -67,6 +95,7 @@ class DocumentError(SnapportError):
 
     code = "INVALID_DOCUMENT"
     exit_code = 1
+    http_status = 400
     advice = "the document is not usable; fetch a fresh copy from the host that wrote it"
 
     def __init__(self, message: str, *, line: int | None = None, column: int | None = None) -> None:
@@ -81,6 +110,7 @@ class DocumentError(SnapportError):
 class ObjectNotFound(SnapportError):
     code = "OBJECT_NOT_FOUND"
     exit_code = 3
+    http_status = 404
     advice = "list what exists with `snapport list`"
 
 
@@ -89,6 +119,7 @@ class BadState(SnapportError):
 
     code = "BAD_STATE"
     exit_code = 4
+    http_status = 409
     advice = "see the object's state with `snapport show ID`; do not retry the same step"
 
 
@@ -101,24 +132,28 @@ class CatalogError(SnapportError):
 class SetInProgress(SnapportError):
     code = "SET_IN_PROGRESS"
     exit_code = 6
+    http_status = 409
     advice = "another snapshot set is being created on this host; retry when it ends"
 
 
 class MaxVolumes(SnapportError):
     code = "MAX_VOLUMES"
     exit_code = 7
+    http_status = 400
     advice = "a set holds at most 64 volumes; split the volumes over several sets"
 
 
 class UnsupportedContext(SnapportError):
     code = "UNSUPPORTED_CONTEXT"
     exit_code = 8
+    http_status = 400
     advice = "choose a context and attributes the provider supports (`snapport create --help`)"
 
 
 class VolumeNotSupported(SnapportError):
     code = "VOLUME_NOT_SUPPORTED"
     exit_code = 9
+    http_status = 400
     advice = "no provider covers this volume; put it on an array LUN or a supported filesystem"
 
 
@@ -155,6 +190,7 @@ class HoldTimeout(SnapportError):
 class ImportRefused(SnapportError):
     code = "IMPORT_REFUSED"
     exit_code = 15
+    http_status = 409
     advice = "check the Backup Components Document names LUNs that exist and the set is not imported elsewhere"
 
 
@@ -167,12 +203,14 @@ class ClusterRule(ImportRefused):
 class PathEscape(SnapportError):
     code = "PATH_ESCAPE"
     exit_code = 17
+    http_status = 400
     advice = "paths must stay inside their volume: no '..', no absolute paths"
 
 
 class LeaseExpired(SnapportError):
     code = "LEASE_EXPIRED"
     exit_code = 18
+    http_status = 410
     advice = "the backup host stopped renewing its lease; the session was aborted, start a new backup"
 
 
@@ -189,6 +227,7 @@ class AccessDenied(SnapportError):
 
     code = "ACCESS_DENIED"
     exit_code = 20
+    http_status = 403
     advice = "call from the host the object belongs to, with a certificate of the role the route needs (docs/agent.md)"
 
 
@@ -197,6 +236,7 @@ class CertificateError(SnapportError):
 
     code = "CERTIFICATE_ERROR"
     exit_code = 21
+    http_status = 403
     advice = "check the files with `snapport certs show FILE`; issue a new one with `snapport certs issue`"
 
 
@@ -255,11 +295,11 @@ class TargetNotEmpty(SnapportError):
 
 
 def all_error_classes() -> list[type[SnapportError]]:
-    """Every error class, root first, in a stable order (for the exit-code table)."""
+    """Every error class, in the order of their exit codes (the exit-code table's)."""
     found: list[type[SnapportError]] = []
     pending: list[type[SnapportError]] = [SnapportError]
     while pending:
         cls = pending.pop(0)
         found.append(cls)
-        pending.extend(sorted(cls.__subclasses__(), key=lambda c: c.exit_code))
+        pending.extend(cls.__subclasses__())
     return sorted(found, key=lambda c: c.exit_code)

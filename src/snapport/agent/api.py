@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from snapport.agent.certs import PeerIdentity, Role
 from snapport.catalog import JobRecord, JobState
-from snapport.errors import SnapportError, all_error_classes
+from snapport.errors import SnapportError
 
 API_VERSION = "v1"
 KIND_PATTERN = r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*$"
@@ -38,14 +38,6 @@ class ErrorBody(ApiModel):
     @classmethod
     def of(cls, error: SnapportError) -> ErrorBody:
         return cls(error=error.code, message=error.message, advice=error.advice)
-
-
-def advice_for(code: str) -> str:
-    """The advice of the error class named `code` (the root's advice for a name this version does not know)."""
-    for cls in all_error_classes():
-        if cls.code == code:
-            return cls.advice
-    return SnapportError.advice
 
 
 class PeerView(ApiModel):
@@ -105,7 +97,8 @@ class JobView(ApiModel):
     def of(cls, job: JobRecord) -> JobView:
         error = None
         if job.error_code is not None:
-            error = ErrorBody(error=job.error_code, message=job.error_message or "", advice=advice_for(job.error_code))
+            advice = SnapportError.advice_for(job.error_code)
+            error = ErrorBody(error=job.error_code, message=job.error_message or "", advice=advice)
         return cls(
             id=job.id,
             kind=job.kind,

@@ -23,7 +23,7 @@ from snapport.agent.certs import PeerIdentity, Role, peer_identity
 from snapport.agent.config import Address, AgentConfig, parse_address
 from snapport.agent.tls import client_context
 from snapport.catalog import JobState
-from snapport.errors import AccessDenied, AgentUnreachable, CertificateError, SnapportError, all_error_classes
+from snapport.errors import AccessDenied, AgentUnreachable, CertificateError, SnapportError
 
 M = TypeVar("M", bound=BaseModel)
 MAX_RESPONSE_BYTES = 64 << 20
@@ -51,10 +51,7 @@ def error_from_body(status: int, body: bytes) -> SnapportError:
         parsed = ErrorBody.model_validate_json(body)
     except ValidationError:
         return SnapportError(f"the agent answered HTTP {status} without a snapport error: {body[:200]!r}")
-    for cls in all_error_classes():
-        if cls.code == parsed.error:
-            return cls(parsed.message)
-    return SnapportError(f"{parsed.error}: {parsed.message}")
+    return SnapportError.from_code(parsed.error, parsed.message)
 
 
 class _Response(aiohttp.ClientResponse):

@@ -25,19 +25,9 @@ from snapport.agent.log import log
 from snapport.agent.service import Agent
 from snapport.errors import (
     AccessDenied,
-    BadState,
-    CertificateError,
-    DocumentError,
-    ImportRefused,
-    LeaseExpired,
-    MaxVolumes,
     ObjectNotFound,
-    PathEscape,
-    SetInProgress,
     SnapportError,
-    UnsupportedContext,
     UsageError,
-    VolumeNotSupported,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -52,23 +42,6 @@ PEER_SOURCE: web.AppKey[PeerSource] = web.AppKey("snapport_peer_source")
 PEER = web.RequestKey("snapport_peer", PeerIdentity)
 _PATH_PARAM = re.compile(r"\{([a-z_]+)\}")
 _METHODS = ("GET", "POST", "PUT", "DELETE")
-
-# HTTP status of each error (the most specific class listed wins); anything else is 500.
-STATUS: dict[type[SnapportError], int] = {
-    UsageError: 400,
-    DocumentError: 400,
-    PathEscape: 400,
-    MaxVolumes: 400,
-    UnsupportedContext: 400,
-    VolumeNotSupported: 400,
-    AccessDenied: 403,
-    CertificateError: 403,
-    ObjectNotFound: 404,
-    BadState: 409,
-    SetInProgress: 409,
-    ImportRefused: 409,
-    LeaseExpired: 410,
-}
 
 Reply = BaseModel | web.StreamResponse
 Handler = Callable[["Call"], Awaitable[Reply]]
@@ -176,17 +149,10 @@ class Refusal(Exception):
         self.error = error
 
 
-def http_status(error: SnapportError) -> int:
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
-
-
 def error_response(error: SnapportError, status: int | None = None) -> web.Response:
     return web.Response(
         text=ErrorBody.of(error).model_dump_json(),
-        status=status or http_status(error),
+        status=status or error.http_status,
         content_type="application/json",
     )
 

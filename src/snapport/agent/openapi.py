@@ -12,7 +12,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from snapport import __version__
 from snapport.agent.api import API_VERSION, ErrorBody
-from snapport.agent.dispatch import ANY_ROLE, Route, http_status
+from snapport.agent.dispatch import ANY_ROLE, Route
 from snapport.agent.jobs import JobRegistry
 from snapport.errors import AccessDenied, ObjectNotFound, UsageError
 
@@ -101,11 +101,11 @@ def _operation(route: Route, refs: Mapping[tuple[Any, JsonSchemaMode], Any]) -> 
     error = {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
     responses: dict[str, Any] = {str(route.status): success}
     if route.body is not None or route.query is not None or route.path_params:
-        responses[str(http_status(UsageError("")))] = {"description": "invalid request (BAD_ARGUMENT)", **error}
+        responses[str(UsageError.http_status)] = {"description": "invalid request (BAD_ARGUMENT)", **error}
     if route.roles != ANY_ROLE or route.owners is not None or route.body is not None:
-        responses[str(http_status(AccessDenied("")))] = {"description": "not for this caller (ACCESS_DENIED)", **error}
+        responses[str(AccessDenied.http_status)] = {"description": "not for this caller (ACCESS_DENIED)", **error}
     if route.path_params:
-        responses[str(http_status(ObjectNotFound("")))] = {"description": "no such object", **error}
+        responses[str(ObjectNotFound.http_status)] = {"description": "no such object", **error}
     responses["default"] = {"description": "an error, by its stable name (docs/exit-codes.md)", **error}
     operation["responses"] = responses
     return operation

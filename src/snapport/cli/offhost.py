@@ -141,11 +141,8 @@ async def _follow(client: Any, params: dict[str, Any], as_json: bool) -> dict[st
 
 def _job_error(job: Any) -> Exception:
     """The job's failure as the error class of its name (same exit code as a local failure)."""
-    from snapport.errors import SnapportError, all_error_classes  # noqa: PLC0415
+    from snapport.errors import SnapportError  # noqa: PLC0415
 
     name = job.error.error if job.error else None
     message = job.error.message if job.error else f"job {job.id} ended {job.state.value}"
-    for cls in all_error_classes():
-        if cls.code == name:
-            return cls(message)
-    return SnapportError(f"{name}: {message}")
+    return SnapportError.from_code(name, message)

@@ -23,7 +23,6 @@ from snapport.agent.dispatch import (
     Call,
     Route,
     authorise_role,
-    http_status,
     require_owner,
 )
 from snapport.agent.routes import CORE_ROUTES
@@ -228,9 +227,9 @@ def test_role_table_and_owner_helpers() -> None:
 
 
 def test_errors_map_to_http_statuses() -> None:
-    assert http_status(UsageError("")) == 400
-    assert http_status(AccessDenied("")) == 403
-    assert http_status(ObjectNotFound("")) == 404
-    assert http_status(ClusterRule("")) == 409  # by its parent, ImportRefused
-    assert http_status(LeaseExpired("")) == 410
-    assert http_status(SnapportError("")) == 500
+    assert UsageError("").http_status == 400
+    assert AccessDenied("").http_status == 403
+    assert ObjectNotFound("").http_status == 404
+    assert ClusterRule("").http_status == 409  # by its parent, ImportRefused
+    assert LeaseExpired("").http_status == 410
+    assert SnapportError("").http_status == 500
