@@ -1,8 +1,9 @@
-"""The host a coordinator runs on: its name, home, catalog, command runner, providers and locks."""
+"""The host a coordinator runs on: its name, home, catalog, command runner, mount table, providers and locks."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,13 +11,16 @@ from snapport.catalog import Catalog
 from snapport.errors import UsageError
 from snapport.model import Volume
 from snapport.model.paths import volume_path
-from snapport.osal import mount as mnt
 from snapport.osal.lock import FileLock
+from snapport.osal.mount import MountTable, ProcMountTable
 from snapport.osal.runner import Runner, SubprocessRunner
 from snapport.providers.base import Provider, ProviderHost
 from snapport.providers.registry import get_provider
 
 RUN_DIR = Path("/run/snapport")
+
+ProviderFactory = Callable[[str, ProviderHost], Provider]
+"""The provider called by a name, bound to a host (`providers.registry.get_provider`)."""
 
 
 def run_dir() -> Path:
@@ -26,11 +30,16 @@ def run_dir() -> Path:
 
 @dataclass
 class Host:
+    """This host. `mounts` and `provider_factory` are the real mount table and provider registry unless a test
+    gives its own."""
+
     name: str
     home: Path
     catalog: Catalog
     runner: Runner = field(default_factory=SubprocessRunner)
     run_dir: Path = RUN_DIR
+    mounts: MountTable = field(default_factory=ProcMountTable)
+    provider_factory: ProviderFactory = get_provider
     _providers: dict[str, Provider] = field(default_factory=dict)
 
     @property
@@ -39,7 +48,7 @@ class Host:
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
-            self._providers[name] = get_provider(name, self.provider_host)
+            self._providers[name] = self.provider_factory(name, self.provider_host)
         return self._providers[name]
 
     def documents_dir(self, set_id: object) -> Path:
@@ -51,11 +60,12 @@ class Host:
     def volume(self, path: str) -> Volume:
         """The mounted volume at `path`, which must be a mount point (not a directory inside one)."""
         mount_point = volume_path(os.path.realpath(path))
-        info = mnt.mount_at(mount_point)
+        info = self.mounts.mount_at(mount_point)
         if info is None:
-            holder = mnt.containing_mount(mount_point).mount_point
+            holder = self.mounts.containing_mount(mount_point).mount_point
             raise UsageError(f"{path} is not a mount point (it lies on {holder}); name the volume's mount point")
-        fs_type, fs_uuid = mnt.fs_identity(self.runner, info.source) if info.source.startswith("/dev/") else ("", "")
+        from_device = info.source.startswith("/dev/")
+        fs_type, fs_uuid = self.mounts.fs_identity(self.runner, info.source) if from_device else ("", "")
         return Volume(
             host=self.name,
             mount_point=mount_point,

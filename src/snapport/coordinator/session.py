@@ -55,7 +55,7 @@ from snapport.model import (
     WriterMetadata,
     context_attrs,
 )
-from snapport.providers.base import Provider, SnapshotRequest
+from snapport.providers.base import Provider, ProviderHost, SnapshotRequest
 from snapport.providers.registry import provider_for
 from snapport.writers.base import Deadline, Session, Tier, Writer
 from snapport.writers.guarded import GuardedWriter
@@ -64,6 +64,10 @@ from snapport.writers.remote import RemoteWriter
 
 T = TypeVar("T")
 ABORT_COMMIT_WAIT_S = 120.0
+
+ProviderResolver = Callable[[Volume, ProviderHost, Attr, str | None], Provider]
+"""The provider that snapshots a volume with these attributes, or the preferred one if it can
+(`providers.registry.provider_for`)."""
 
 
 class OnWriterFailure(enum.Enum):
@@ -97,11 +101,20 @@ class CreatedSet:
 
 
 class BackupSession:
-    """One set's creation on this host. Use `add_volume` for each volume, then `create`."""
+    """One set's creation on this host. Use `add_volume` for each volume, then `create`. `resolve_provider`
+    chooses each volume's provider (the registry's choice unless a test gives its own)."""
 
-    def __init__(self, host: Host, options: SessionOptions, writers: Sequence[Writer] = ()) -> None:
+    def __init__(
+        self,
+        host: Host,
+        options: SessionOptions,
+        writers: Sequence[Writer] = (),
+        *,
+        resolve_provider: ProviderResolver = provider_for,
+    ) -> None:
         self.host = host
         self.options = options
+        self._resolve_provider = resolve_provider
         self.attrs = context_attrs(options.context, options.modifiers)
         if writers and not options.context.writers_involved:
             raise UnsupportedContext(f"context {options.context.value} takes no writers; drop --writer")
@@ -126,7 +139,7 @@ class BackupSession:
         volume = self.host.volume(path)
         if any(v.mount_point == volume.mount_point for _, v, _ in self._volumes):
             raise UsageError(f"volume {volume.mount_point} is named twice")
-        chosen = provider_for(volume, self.host.provider_host, self.attrs, self.options.provider)
+        chosen = self._resolve_provider(volume, self.host.provider_host, self.attrs, self.options.provider)
         # One instance per provider, so that it commits the whole set at once.
         provider = next((p for _, _, p in self._volumes if p.name == chosen.name), chosen)
         provider.check_request(volume, self.attrs)
@@ -151,7 +164,8 @@ class BackupSession:
         # Filesystems are frozen in every context, with or without application writers (VSS's flush and hold),
         # unless their provider's commit itself makes the consistent cut and cannot run on a frozen filesystem.
         to_freeze = tuple(v for _, v, p in self._volumes if p.capabilities.commit_while_fs_frozen)
-        writers = self._app_writers + [GuardedWriter(w) for w in filesystem_writers(to_freeze, self.host.name)]
+        fs_writers = filesystem_writers(to_freeze, self.host.name, self.host.runner)
+        writers = self._app_writers + [GuardedWriter(w) for w in fs_writers]
         session = Session(
             set_id=self.set_id,
             context=self.options.context,

@@ -1,9 +1,10 @@
 """Long-lived lab processes: started detached, known by (pid, start time), stopped only while still that process.
 
-The Runner runs commands to completion; a holder, the sample application and the agents outlive `lab up`, so
-they are started here (new session, no inherited descriptors, output to a log). A pid alone can be reused by
-anything once its process is gone, so every signal is preceded by a check that /proc/PID has the recorded start
-time (clock ticks since boot, field 22 of /proc/PID/stat) and runs the recorded command.
+A holder, the sample application and the agents outlive `lab up`, so they are started with `Runner.start` in a
+session of their own, with no inherited descriptors, output to a log and no death signal, and their `Process`
+handle is let go: a later `lab down`, in another process, stops them by the recorded pid. A pid alone can be
+reused by anything once its process is gone, so every signal is preceded by a check that /proc/PID has the
+recorded start time (clock ticks since boot, field 22 of /proc/PID/stat) and runs the recorded command.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from snapport.errors import SystemCommandError
+from snapport.osal.runner import DEVNULL, STDOUT, SubprocessRunner
 
 STOP_GRACE_S = 5.0
 
@@ -71,26 +72,18 @@ def identify(pid: int, start_ticks: int, launcher: Sequence[str], argv: Sequence
 
 def spawn(argv: Sequence[str], *, log: Path | None, env: Mapping[str, str] | None = None) -> ProcessId:
     """Start `argv` detached from us (its own session; output to `log`); it outlives this process."""
-    out = log.open("ab") if log is not None else subprocess.DEVNULL
+    out = log.open("ab") if log is not None else None
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=dict(env) if env is not None else None,
+        started = SubprocessRunner().start(
+            argv, stdout=out if out is not None else DEVNULL, stderr=STDOUT, env=env, own_group=True
         )
-    except OSError as exc:
-        raise SystemCommandError(f"cannot start `{argv[0]}`: {exc.strerror or exc}") from exc
     finally:
-        if log is not None and not isinstance(out, int):
-            out.close()
-    found = _stat(proc.pid)
+        if out is not None:
+            out.close()  # the child has its own copy
+    found = _stat(started.pid)
     if found is None:  # it already exited and was reaped: impossible before we wait, but say so plainly
         raise SystemCommandError(f"`{' '.join(argv)}` exited at once")
-    return ProcessId(proc.pid, found[1])
+    return ProcessId(started.pid, found[1])
 
 
 def wait_exec(process: ProcessId, argv: Sequence[str], *, timeout_s: float = 10.0) -> None:

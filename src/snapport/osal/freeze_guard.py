@@ -18,14 +18,15 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
 from snapport.errors import FreezeTimeout, SystemCommandError
 from snapport.osal import ioctl
+from snapport.osal.runner import PIPE, Runner, SubprocessRunner
 
 EXIT_ASKED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ORPHANED, EXIT_SIGNALLED = 0, 1, 2, 3, 4
 
@@ -96,17 +97,22 @@ def guard_main(mount_points: list[str]) -> int:
 
 
 class FreezeGuard:
-    """The coordinator's handle on one guard process (a context manager: leaving it always thaws)."""
+    """The coordinator's handle on one guard process (a context manager: leaving it always thaws).
 
-    def __init__(self, mount_points: list[Path]) -> None:
+    The guard is started through `runner` (its own process group, so that a Ctrl-C to the coordinator does not
+    reach it first) and never with a death signal: when the coordinator dies the guard must live on long enough
+    to thaw, which the end of its stdin tells it to do.
+    """
+
+    def __init__(self, mount_points: Sequence[Path], runner: Runner | None = None) -> None:
         self.mount_points = list(mount_points)
         self.frozen = False
         self.thaw_reason: str | None = None
-        self._proc = subprocess.Popen(
+        self._proc = (runner or SubprocessRunner()).start(
             [sys.executable, "-m", "snapport.osal.freeze_guard", *map(str, self.mount_points)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C to the coordinator must not reach the guard first
+            stdin=PIPE,
+            stdout=PIPE,
+            own_group=True,
         )
         self._expect("ready", timeout_s=30)
 
@@ -149,25 +155,23 @@ class FreezeGuard:
 
     def thaw(self) -> str:
         """Thaw (idempotent) and return why the filesystems were thawed: asked, timeout, or a crash."""
-        if self._proc.poll() is None:
+        if self._proc.running():
             try:
                 self._send({"cmd": "thaw"})
                 self.thaw_reason = str(self._expect("thawed", timeout_s=30)["reason"])
             except (OSError, SystemCommandError, FreezeTimeout):
                 self.thaw_reason = "guard unresponsive"
         elif self.thaw_reason is None:
-            self.thaw_reason = "guard exited" if self._proc.returncode != EXIT_TIMEOUT else "timeout"
+            self.thaw_reason = "guard exited" if self._proc.wait() != EXIT_TIMEOUT else "timeout"
         self.close()
         return self.thaw_reason
 
     def close(self) -> None:
         """End the guard and make sure nothing it may have frozen stays frozen."""
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        for stream in (self._proc.stdin, self._proc.stdout):
-            if stream is not None:
-                stream.close()
+        if self._proc.stop(grace_s=0, first=signal.SIGKILL) is None:
+            # Not reaped within the SIGKILL wait: it is in the kernel, maybe in a FIFREEZE that has yet to return.
+            # The thaw below must come after that freeze, so wait for the guard as long as it takes.
+            self._proc.wait()
         if self.frozen:
             for mount_point in reversed(self.mount_points):
                 ioctl.thaw(mount_point)  # idempotent: EINVAL (not frozen) is fine

@@ -1,4 +1,8 @@
-"""Mounts: reading the mount table, mounting and unmounting by exact path, filesystem identities."""
+"""Mounts: reading the mount table, mounting and unmounting by exact path, filesystem identities.
+
+`MountTable` is the part of this a coordinator's `Host` reads (`ProcMountTable`, the real one, over
+/proc/self/mountinfo); a unit test gives the host a table of its own instead.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from snapport.osal.runner import Runner
 
@@ -96,3 +101,32 @@ def fs_identity(runner: Runner, device: str) -> tuple[str, str]:
     out = runner.run(["blkid", "-p", "-o", "export", device], timeout=30, check=False).stdout
     values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     return values.get("TYPE", ""), values.get("UUID", "")
+
+
+class MountTable(Protocol):
+    """What is mounted where, and what a device holds: what `Host.volume` reads to describe a volume."""
+
+    def mount_at(self, path: str | Path) -> MountInfo | None:
+        """What is mounted exactly at `path` (the topmost mount), or None."""
+        ...
+
+    def containing_mount(self, path: str | Path) -> MountInfo:
+        """The mount that holds `path`."""
+        ...
+
+    def fs_identity(self, runner: Runner, device: str) -> tuple[str, str]:
+        """(filesystem type, UUID) of the filesystem on `device`."""
+        ...
+
+
+class ProcMountTable:
+    """The real `MountTable`: this process's mount namespace, and blkid for identities."""
+
+    def mount_at(self, path: str | Path) -> MountInfo | None:
+        return mount_at(path)
+
+    def containing_mount(self, path: str | Path) -> MountInfo:
+        return containing_mount(path)
+
+    def fs_identity(self, runner: Runner, device: str) -> tuple[str, str]:
+        return fs_identity(runner, device)

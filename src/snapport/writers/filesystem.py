@@ -28,6 +28,7 @@ from snapport.model import (
 )
 from snapport.osal import ioctl
 from snapport.osal.freeze_guard import FreezeGuard
+from snapport.osal.runner import Runner, SubprocessRunner
 from snapport.writers.base import Deadline, RestoreContext, Session, Tier
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.filesystem")
@@ -45,9 +46,10 @@ class FilesystemWriter:
     tier: ClassVar[Tier] = Tier.FILESYSTEM
     class_id: ClassVar[uuid.UUID] = CLASS_ID
 
-    def __init__(self, volume: Volume, *, host: str | None = None) -> None:
+    def __init__(self, volume: Volume, *, host: str | None = None, runner: Runner | None = None) -> None:
         self.volume = volume
         self.host = host if host is not None else volume.host
+        self._runner = runner or SubprocessRunner()  # starts the freeze guard
         self.writer_id = filesystem_writer_id(self.host, volume.mount_point)
         self.instance_name = volume.mount_point
         self._lock = threading.Lock()  # events may come from several worker threads (an overrun one included)
@@ -87,7 +89,7 @@ class FilesystemWriter:
         with self._lock:
             self._release()  # a leftover from an earlier, unfinished sequence
             try:
-                self._guard = FreezeGuard([self.mount_point])
+                self._guard = FreezeGuard([self.mount_point], self._runner)
             except SnapportError as exc:
                 raise WriterError(f"cannot start the freeze guard for {self.mount_point}: {exc}") from exc
 

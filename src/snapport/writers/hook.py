@@ -11,14 +11,12 @@ the argument vector is the validated script path and a fixed event name.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import selectors
 import signal
 import stat
-import subprocess
 import threading
 import time
 import uuid
@@ -40,6 +38,7 @@ from snapport.model import (
     WriterMetadata,
 )
 from snapport.model.paths import relative_to_volume
+from snapport.osal.runner import DEVNULL, PIPE, Runner, SubprocessRunner
 from snapport.writers.base import Deadline, RestoreContext, Session, Tier, WriterEvent
 from snapport.writers.protocol import LogEntry
 from snapport.writers.sqlite import volume_holding
@@ -106,27 +105,19 @@ class _Tail:
             self.dropped += excess
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group id is its pid
-    proc.wait()
-
-
 def run_bounded(
-    argv: Sequence[str], env: Mapping[str, str], budget_s: float, *, tail_bytes: int = OUTPUT_TAIL_BYTES
+    runner: Runner,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    budget_s: float,
+    *,
+    tail_bytes: int = OUTPUT_TAIL_BYTES,
 ) -> HookRun:
-    """Run `argv` in a new session, reading its output, and kill its process group if `budget_s` runs out."""
+    """Start `argv` through `runner` in a new session, reading its output, and kill its process group if
+    `budget_s` runs out (or we are interrupted). A process it leaves behind after exiting in time is not killed."""
     started = time.monotonic()
     end = started + budget_s
-    proc = subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = runner.start(argv, env=env, cwd="/", stdin=DEVNULL, stdout=PIPE, stderr=PIPE, own_group=True)
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Tail(tail_bytes), _Tail(tail_bytes)
     tails = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
@@ -141,7 +132,7 @@ def run_bounded(
                 if now >= end:
                     timed_out = True
                     break
-                if exited_at is None and proc.poll() is not None:
+                if exited_at is None and not proc.running():
                     exited_at = now
                 if exited_at is not None and now - exited_at > LINGER_S:
                     break
@@ -151,19 +142,11 @@ def run_bounded(
                         tails[key.fd].add(chunk)
                     else:
                         selector.unregister(key.fileobj)
-        if not timed_out:
-            try:
-                proc.wait(max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-        if timed_out:
-            _kill_group(proc)
-    except BaseException:
-        _kill_group(proc)
-        raise
+        if not timed_out and proc.wait(max(0.0, end - time.monotonic())) is None:
+            timed_out = True
     finally:
-        proc.stdout.close()
-        proc.stderr.close()
+        # Reaped already unless it overran or we are interrupted: then SIGKILL to its group at once. Closes the pipes.
+        proc.stop(grace_s=0, first=signal.SIGKILL)
     return HookRun(
         returncode=None if timed_out else proc.returncode,
         stdout=bytes(out.data),
@@ -188,6 +171,7 @@ class HookWriter:
     def __init__(self, script: str | Path, volumes: Sequence[Volume], *, host: str, paths: Sequence[str] = ()) -> None:
         self.script = check_script(script)
         self.host = host
+        self._runner: Runner = SubprocessRunner()  # starts the script for each event
         self.writer_id = hook_writer_id(host, self.script)
         self.instance_name = str(self.script)
         self._files = tuple(self._file_spec(p, volumes) for p in paths)
@@ -307,7 +291,7 @@ class HookWriter:
             if budget_s <= 0:
                 raise FreezeTimeout(f"no time left to run hook {script} for {event.value}")
             env = self._environment(event, session, budget_s, restore)
-            run = run_bounded([str(script), event.value], env, budget_s)
+            run = run_bounded(self._runner, [str(script), event.value], env, budget_s)
         self._record(event, session, run, restore)
         if run.returncode is None:
             raise FreezeTimeout(

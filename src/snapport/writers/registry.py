@@ -13,6 +13,7 @@ from pathlib import Path
 
 from snapport.errors import UsageError
 from snapport.model import Volume
+from snapport.osal.runner import Runner
 from snapport.writers.base import Writer
 from snapport.writers.filesystem import FilesystemWriter
 from snapport.writers.hook import HookWriter
@@ -168,6 +169,6 @@ def writers_from_specs(specs: Sequence[str], volumes: Sequence[Volume], host: st
     return writers
 
 
-def filesystem_writers(volumes: Sequence[Volume], host: str) -> list[Writer]:
-    """One filesystem writer per volume of the set."""
-    return [FilesystemWriter(volume, host=host) for volume in volumes]
+def filesystem_writers(volumes: Sequence[Volume], host: str, runner: Runner) -> list[Writer]:
+    """One filesystem writer per volume of the set, starting its freeze guard through `runner`."""
+    return [FilesystemWriter(volume, host=host, runner=runner) for volume in volumes]

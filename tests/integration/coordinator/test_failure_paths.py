@@ -22,20 +22,20 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
 from snapport.coordinator import lifecycle
-from snapport.coordinator import session as session_module
 from snapport.coordinator.host import Host
-from snapport.coordinator.session import BackupSession, SessionOptions, roll_back_interrupted
+from snapport.coordinator.session import BackupSession, ProviderResolver, SessionOptions, roll_back_interrupted
 from snapport.errors import FreezeTimeout, HoldTimeout, ProviderError, SetInProgress, SnapportError, WriterError
 from snapport.faults import InjectedFault
 from snapport.model import Attr, Locator, SetState, Volume, WriterMetadata
 from snapport.osal import ioctl
-from snapport.providers.base import SnapshotRequest
+from snapport.providers.base import Provider, ProviderHost, SnapshotRequest
 from snapport.providers.reflink_array import ReflinkArrayProvider
+from snapport.providers.registry import provider_for
 from snapport.writers.base import Deadline, Session, Tier
 from snapport.writers.registry import writer_from_spec
 from tests.integration.coordinator.conftest import ArrayWorld
@@ -252,17 +252,24 @@ class CommitWrapper:
             self.made.append(image)
 
 
-def _use_provider(monkeypatch: pytest.MonkeyPatch, wrapper: CommitWrapper) -> None:
-    """Make every volume of a session go to `wrapper` (one instance: one commit call for the whole set)."""
+def _only(wrapper: CommitWrapper) -> ProviderResolver:
+    """A resolver sending every volume of a session to `wrapper` (one instance: one commit call for the set)."""
 
-    def provider_for(volume: Volume, host: object, attrs: Attr, preferred: str | None = None) -> CommitWrapper:
-        return wrapper
+    def resolve(volume: Volume, host: ProviderHost, attrs: Attr, preferred: str | None) -> Provider:
+        return cast(Provider, wrapper)
 
-    monkeypatch.setattr(session_module, "provider_for", provider_for)
+    return resolve
 
 
-def _session(host: Host, volumes: Sequence[Path], writers: Sequence[Any] = (), **options: Any) -> BackupSession:
-    session = BackupSession(host, SessionOptions(**options), writers)
+def _session(
+    host: Host,
+    volumes: Sequence[Path],
+    writers: Sequence[Any] = (),
+    *,
+    resolve_provider: ProviderResolver = provider_for,
+    **options: Any,
+) -> BackupSession:
+    session = BackupSession(host, SessionOptions(**options), writers, resolve_provider=resolve_provider)
     for volume in volumes:
         session.add_volume(str(volume))
     return session
@@ -339,14 +346,11 @@ def test_a_writer_failing_at_freeze_aborts_the_set_and_thaws_everything(
 # -- c, d: the provider commit fails part-way, or overruns its bound ---------------------------------------------
 
 
-def test_a_commit_failing_after_its_first_volume_removes_the_clone_it_made(
-    world: ArrayWorld, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_commit_failing_after_its_first_volume_removes_the_clone_it_made(world: ArrayWorld) -> None:
     volumes = [world.volume("data"), world.volume("logs")]
     host = world.host("one")
     wrapper = CommitWrapper(ReflinkArrayProvider(host.provider_host), fail_after_first=True)
-    _use_provider(monkeypatch, wrapper)
-    session = _session(host, volumes)
+    session = _session(host, volumes, resolve_provider=_only(wrapper))
 
     with pytest.raises(ProviderError) as raised:
         session.create()
@@ -360,14 +364,11 @@ def test_a_commit_failing_after_its_first_volume_removes_the_clone_it_made(
         _assert_writable(volume)
 
 
-def test_a_commit_over_its_bound_is_a_hold_timeout_and_its_late_clones_are_removed(
-    world: ArrayWorld, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_commit_over_its_bound_is_a_hold_timeout_and_its_late_clones_are_removed(world: ArrayWorld) -> None:
     volume = world.volume("data")
     host = world.host("one")
     wrapper = CommitWrapper(ReflinkArrayProvider(host.provider_host), delay_s=2.0)
-    _use_provider(monkeypatch, wrapper)
-    session = _session(host, [volume], commit_timeout_s=0.5)
+    session = _session(host, [volume], resolve_provider=_only(wrapper), commit_timeout_s=0.5)
 
     started = time.monotonic()
     with pytest.raises(HoldTimeout) as raised:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from snapport.errors import SystemCommandError
-from snapport.osal.runner import PIPE, Process, RecordingRunner, SubprocessRunner
+from snapport.osal.runner import PIPE, STDOUT, Process, RecordingRunner, SubprocessRunner
 
 
 def test_subprocess_runner_reports_rc_output_and_duration() -> None:
@@ -103,3 +103,21 @@ def test_the_recording_runner_records_a_start_and_answers_with_an_exited_process
         assert proc.stdout is not None and proc.stdout.read() == b"out"
         assert proc.wait() == 3 and not proc.running()
     assert runner.calls == [("rbd", "device", "map", "pool/image")]
+
+
+def test_a_started_process_gets_the_environment_directory_and_output_it_is_given(tmp_path: Path) -> None:
+    # As the lab starts its agents (output to a log file, stderr with it) and the hook writer its scripts.
+    log = tmp_path / "log"
+    with log.open("ab") as out:
+        proc = SubprocessRunner().start(
+            ["sh", "-c", 'echo "$ONLY $PWD"; echo oops >&2'], stdout=out, stderr=STDOUT, env={"ONLY": "me"}, cwd="/"
+        )
+    assert proc.wait(5) == 0
+    assert log.read_text() == "me /\noops\n"
+
+
+def test_stop_with_sigkill_first_does_not_wait_for_the_process_to_agree() -> None:
+    proc = SubprocessRunner().start(["sh", "-c", "trap '' TERM; sleep 60"])
+    started = time.monotonic()
+    assert proc.stop(grace_s=30, first=signal.SIGKILL) == -signal.SIGKILL
+    assert time.monotonic() - started < 5

@@ -12,6 +12,7 @@ import pytest
 from snapport.errors import UsageError, WriterError
 from snapport.model import Attr, BackupType, ComponentType, Context, Volume
 from snapport.osal.mount import containing_mount
+from snapport.osal.runner import RecordingRunner
 from snapport.writers import filesystem, sqlite
 from snapport.writers.base import Deadline, Session, Tier
 from snapport.writers.filesystem import FilesystemWriter
@@ -102,10 +103,12 @@ def test_the_same_writer_twice_is_refused(tmp_path: Path) -> None:
 
 def test_filesystem_writer_ids_are_stable_per_host_and_volume() -> None:
     volumes = [Volume(HOST, "/srv/a", "xfs", "1"), Volume(HOST, "/srv/b", "xfs", "2")]
-    first, second = filesystem_writers(volumes, HOST), filesystem_writers(volumes, HOST)
+    runner = RecordingRunner()  # nothing is started: no freeze guard before prepare-snapshot
+    first, second = filesystem_writers(volumes, HOST, runner), filesystem_writers(volumes, HOST, runner)
     assert [w.writer_id for w in first] == [w.writer_id for w in second]
     assert len({w.writer_id for w in first}) == 2
-    assert filesystem_writers(volumes, "other-host")[0].writer_id != first[0].writer_id
+    assert filesystem_writers(volumes, "other-host", runner)[0].writer_id != first[0].writer_id
+    assert runner.calls == []
     assert first[0].writer_id == uuid.uuid5(filesystem.CLASS_ID, f"{HOST}:/srv/a")
     assert uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.filesystem") == filesystem.CLASS_ID
     assert filesystem.CLASS_ID != sqlite.CLASS_ID
