@@ -43,6 +43,7 @@ raises for what it cannot reach (an array whose directory is gone, a volume no l
   provider checks again, under its own lock where it has one, that the object is still a leftover; if it is not
   (gone, recorded meanwhile), it leaves it alone and says so. Idempotent. Raises (`SnapportError`, `OSError`)
   when the removal fails (e.g. refused while another host still uses the object): the leftover is then left.
+  A leftover it did not list (another provider's, a kind it does not make) is refused with `ProviderError`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
+from snapport.errors import ProviderError
 from snapport.model import Attr, Locator, SetState, Snapshot, SnapshotSet, Volume
 from snapport.osal.runner import Runner
 
@@ -159,10 +161,10 @@ class Leftover:
             raise ValueError("a leftover needs the exact id of its object")
 
     def get(self, key: str) -> str:
-        """A handle entry the provider put there; `KeyError` names a leftover that is not this provider's."""
+        """A handle entry the provider put there (`ProviderError` if there is none: not this provider's)."""
         value = dict(self.handle).get(key)
         if value is None:
-            raise KeyError(f"leftover {self.kind} {self.object} has no {key!r}")
+            raise ProviderError(f"leftover {self.kind} {self.object} has no {key!r}")
         return value
 
 

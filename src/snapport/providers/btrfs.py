@@ -269,6 +269,8 @@ class BtrfsProvider:
         return tuple(found)
 
     def remove_leftover(self, leftover: Leftover, known: CatalogView) -> str:
+        if leftover.provider != self.name or leftover.kind not in ("snapshot-subvolume", "snapshot-owner"):
+            raise ProviderError(f"{leftover.kind} {leftover.object} is not a leftover of the {self.name} provider")
         volume = Path(leftover.get("volume"))
         if volume not in self._volumes(known):
             return "its volume is no longer one this host's sets snapshot here; left alone"
@@ -279,10 +281,8 @@ class BtrfsProvider:
         if leftover.kind == "snapshot-subvolume":
             _delete_snapshot(self.runner, path)
             return "deleted the snapshot subvolume and its owner file"
-        if leftover.kind == "snapshot-owner":
-            path.unlink(missing_ok=True)
-            return "removed the owner file"
-        raise KeyError(f"{leftover.kind} is not a leftover of the {self.name} provider")
+        path.unlink(missing_ok=True)
+        return "removed the owner file"
 
     def _volumes(self, known: CatalogView) -> list[Path]:
         """This host's volumes that its sets snapshotted with btrfs and that are still the subvolume they

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from snapport.errors import SnapportError
+from snapport.errors import ProviderError, SnapportError
 from snapport.model import Attr
 from snapport.osal import loop
 from snapport.osal.runner import Runner
@@ -31,6 +31,7 @@ from snapport.providers.base import ENDED_STATES, CatalogView, Leftover, Present
 from snapport.providers.reflink_array.array import LOCK_NAME, Array, Lun
 
 PROVIDER = "reflink-array"
+KINDS = ("presentation", "loop-device", "snapshot-lun", "image")
 _DELETE, _UNPRESENT = "delete", "unpresent"
 
 
@@ -117,6 +118,8 @@ def _snapshot_lun(lun: Lun, by_id: dict[str, Lun], known: CatalogView, host: str
 
 
 def remove(leftover: Leftover, known: CatalogView, host: str, runner: Runner) -> str:
+    if leftover.provider != PROVIDER or leftover.kind not in KINDS:
+        raise ProviderError(f"{leftover.kind} {leftover.object} is not a leftover of the {PROVIDER} provider")
     array = Array.open(Path(leftover.get("array")), runner)
     if leftover.kind == "presentation":
         pruned = array.prune_presentations(host)
@@ -129,9 +132,7 @@ def remove(leftover: Leftover, known: CatalogView, host: str, runner: Runner) ->
         if not array.remove_orphan_image(Path(leftover.object).stem):
             return "already gone or recorded meanwhile; left alone"
         return "removed the image"
-    if leftover.kind == "snapshot-lun":
-        return _remove_snapshot_lun(array, leftover, known, host)
-    raise KeyError(f"{leftover.kind} is not a leftover of the {PROVIDER} provider")
+    return _remove_snapshot_lun(array, leftover, known, host)
 
 
 def _remove_snapshot_lun(array: Array, leftover: Leftover, known: CatalogView, host: str) -> str:
