@@ -1,7 +1,8 @@
 """One conformance suite for every provider in the registry (restic's habit): real volumes, real snapshots.
 
 Each case builds a real volume its provider supports; every test runs against every case. Capability-gated
-tests check the capability when it is declared and the refusal when it is not.
+tests check the capability when it is declared and the refusal when it is not. The reconciliation methods are
+exercised with leftovers planted for real, as a crash leaves them (per provider: `PLANTERS`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from snapport.errors import ImportRefused, ProviderError, ProviderVeto, UnsupportedContext, VolumeNotSupported
-from snapport.model import Attr, Locator, Volume
+from snapport.model import Attr, Context, Locator, SetState, Snapshot, SnapshotSet, Volume
 from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
-from snapport.providers.base import Provider, ProviderHost, SnapshotRequest
-from snapport.providers.btrfs import SNAPSHOT_DIR
+from snapport.providers.base import CatalogView, Leftover, Presentations, Provider, ProviderHost, SnapshotRequest
+from snapport.providers.btrfs import SNAPSHOT_DIR, owner_file
 from snapport.providers.reflink_array import Array
 from snapport.providers.registry import PROVIDERS, get_provider
 from tests.conftest import Scratch
@@ -50,6 +51,8 @@ class Case:
     leftovers: Callable[[], list[str]]  # what the provider made for snapshots and has not removed
     unmount_original: Callable[[], None]
     mount_original: Callable[[], None]
+    presented: str | None = None  # the device the provider presents the volume at to its host, if it presents one
+    array: Array | None = None
 
     @property
     def mount_point(self) -> Path:
@@ -105,7 +108,7 @@ def _array_case(scratch: Scratch, tmp: Path, fs_type: str) -> Case:
         scratch.mount(device, mount_point, fs_type=fs_type)
 
     a, b = _hosts(scratch, tmp, "reflink-array")
-    return Case(a, b, volume, scratch, tmp, leftovers, unmount_original, mount_original)
+    return Case(a, b, volume, scratch, tmp, leftovers, unmount_original, mount_original, device, array)
 
 
 def _btrfs_case(scratch: Scratch, tmp: Path) -> Case:
@@ -145,14 +148,18 @@ def case(request: pytest.FixtureRequest, scratch: Scratch, tmp_path: Path) -> It
 # -- helpers: every step registers its undo with scratch before the test can fail -------------------------------
 
 
-def take_snapshot(case: Case, attrs: Attr = Attr.NONE) -> tuple[SnapshotRequest, Locator]:
-    """prepare → freeze (if the provider commits under FIFREEZE) → commit → thaw → post_commit."""
-    provider = case.provider
-    request = SnapshotRequest(uuid.uuid4(), uuid.uuid4(), case.volume, attrs)
-    provider.check_request(case.volume, attrs)
+def take_snapshot(
+    case: Case, attrs: Attr = Attr.NONE, *, provider: Provider | None = None, volume: Volume | None = None
+) -> tuple[SnapshotRequest, Locator]:
+    """prepare → freeze (if the provider commits under FIFREEZE and the volume is the case's) → commit → thaw →
+    post_commit; by the case's provider of its volume unless told otherwise."""
+    provider = provider or case.provider
+    volume = volume or case.volume
+    request = SnapshotRequest(uuid.uuid4(), uuid.uuid4(), volume, attrs)
+    provider.check_request(volume, attrs)
     case.scratch.defer(lambda: provider.abort([request]), "abort the snapshot")
     provider.prepare([request])
-    freeze = provider.capabilities.commit_while_fs_frozen
+    freeze = provider.capabilities.commit_while_fs_frozen and volume.mount_point == case.volume.mount_point
     if freeze:
         ioctl.freeze(case.mount_point)
     try:
@@ -355,3 +362,258 @@ def test_commit_keeps_the_freeze_contract_it_declares(case: Case) -> None:
     assert time.monotonic() - started < 5
     provider.abort([request])
     assert case.leftovers() == []
+
+
+# -- reconciliation: leftovers planted for real, as a crash leaves them -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Planted:
+    """A leftover planted for real: the kind and exact id it must be reported by, and whether it is gone."""
+
+    kind: str
+    object: str
+    gone: Callable[[], bool]
+
+
+def recorded(
+    request: SnapshotRequest,
+    locator: Locator,
+    state: SetState,
+    *,
+    host: str = HOST_A,
+    imported: bool = False,
+    device: str | None = None,
+) -> SnapshotSet:
+    """A catalog's record of the set of one snapshot, in `state`, on `host`."""
+    attrs = Attr.IMPORTED if imported else Attr.NONE
+    snapshot = Snapshot(request.snapshot_id, request.set_id, request.volume, locator, attrs, device=device)
+    return SnapshotSet(request.set_id, Context.BACKUP, attrs, state, request.volume.host, host, snapshots=(snapshot,))
+
+
+def view(*sets: SnapshotSet) -> CatalogView:
+    return CatalogView(sets)
+
+
+def reported(provider: Provider, known: CatalogView) -> list[tuple[str, str]]:
+    listed = provider.leftovers(known)
+    assert all(x.provider == provider.name and x.detail for x in listed), listed
+    return sorted((x.kind, x.object) for x in listed)
+
+
+def lun_gone(array: Array, lun_id: str) -> Callable[[], bool]:
+    return lambda: array.find(lun_id) is None and not array.image(lun_id).exists()
+
+
+def snapshot_gone(path: Path) -> Callable[[], bool]:
+    return lambda: not path.exists() and not owner_file(path).exists()
+
+
+def _plant_array(case: Case) -> tuple[CatalogView, list[Planted]]:
+    """In the array: a snapshot LUN whose set the catalog has deleted (a crash mid-delete) and one whose set it
+    never recorded; a loop device of one of its images that nobody records; a presentation whose loop device went
+    away behind the array's back; an image no LUN describes (a crash between making and recording it)."""
+    array, runner = case.array, case.scratch.runner
+    assert array is not None
+    deleted_request, deleted = take_snapshot(case)
+    _, absent = take_snapshot(case)
+    assert deleted.destination is not None and absent.destination is not None
+    deleted_lun, absent_lun = deleted.destination.lun_id, absent.destination.lun_id
+    stray = loop.attach(runner, array.image(deleted_lun))  # detached at the end by the case if the test fails
+    stale = array.present(absent_lun, HOST_A, read_only=True)
+    loop.detach(runner, stale)
+    orphan = array.path / "luns" / f"{uuid.uuid4().hex[:12]}.img"
+    orphan.write_bytes(b"\0" * 4096)
+    planted = [
+        Planted("presentation", str(array.path), lambda: array.stale_presentations(HOST_A) == []),
+        Planted("loop-device", stray, lambda: loop.backing_file(stray) is None),
+        Planted("snapshot-lun", deleted_lun, lun_gone(array, deleted_lun)),
+        Planted("snapshot-lun", absent_lun, lun_gone(array, absent_lun)),
+        Planted("image", str(orphan), lambda: not orphan.exists()),
+    ]
+    return view(recorded(deleted_request, deleted, SetState.DELETED)), planted
+
+
+def _plant_btrfs(case: Case) -> tuple[CatalogView, list[Planted]]:
+    """In the volume's snapshot directory: a snapshot whose set the catalog has deleted, one whose set it never
+    recorded, an owner file whose snapshot was never taken (a crash between prepare and commit, its set lost),
+    and a snapshot with no owner file (made before snapport wrote them)."""
+    runner = case.scratch.runner
+    deleted_request, deleted = take_snapshot(case)
+    _, absent = take_snapshot(case)
+    never = SnapshotRequest(uuid.uuid4(), uuid.uuid4(), case.volume, Attr.NONE)
+    case.scratch.defer(lambda: case.provider.abort([never]), "abort the snapshot never taken")
+    case.provider.prepare([never])
+    never_owner = owner_file(case.mount_point / SNAPSHOT_DIR / str(never.snapshot_id))
+    legacy = case.mount_point / SNAPSHOT_DIR / str(uuid.uuid4())
+    runner.run(["btrfs", "subvolume", "snapshot", "-r", str(case.mount_point), str(legacy)])
+    case.scratch.defer(lambda: _delete_subvolume(case, legacy), "delete the snapshot with no owner file")
+    deleted_path, absent_path = Path(deleted.property("path") or ""), Path(absent.property("path") or "")
+    planted = [
+        Planted("snapshot-subvolume", str(deleted_path), snapshot_gone(deleted_path)),
+        Planted("snapshot-subvolume", str(absent_path), snapshot_gone(absent_path)),
+        Planted("snapshot-owner", str(never_owner), lambda: not never_owner.exists()),
+        Planted("snapshot-subvolume", str(legacy), lambda: not legacy.exists()),
+    ]
+    return view(recorded(deleted_request, deleted, SetState.DELETED)), planted
+
+
+def _delete_subvolume(case: Case, path: Path) -> None:
+    if path.exists():
+        case.scratch.runner.run(["btrfs", "subvolume", "delete", str(path)])
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """Objects that are not this host's to judge: another host's (with that host's catalog, which reports them)
+    and some outside anything the catalog names (nobody's: they must stay)."""
+
+    theirs: CatalogView
+    planted: list[Planted]
+    outside: list[Callable[[], bool]]  # each: the object is still there
+
+
+def _foreign_array(case: Case) -> Foreign:
+    """Host B's snapshot of B's own LUN and a presentation to B whose device went away; and another array on the
+    machine, which no set of A's names, with an image no LUN describes."""
+    array, runner = case.array, case.scratch.runner
+    assert array is not None
+    lun_b = array.create_lun("b-data", 64 << 20)
+    device_b = array.present(lun_b.id, HOST_B)
+    volume_b = Volume(HOST_B, str(case.tmp / "volume-b"), "ext4", "", device_b)
+    b_request, b_locator = take_snapshot(case, provider=case.other_host, volume=volume_b)
+    assert b_locator.destination is not None
+    gone_b = array.create_lun("b-gone", 1 << 20)
+    loop.detach(runner, array.present(gone_b.id, HOST_B))
+    other = Array.init(array.path.parent / "another-array", runner)
+    orphan = other.path / "luns" / f"{uuid.uuid4().hex[:12]}.img"
+    orphan.write_bytes(b"\0" * 4096)
+    b_lun = b_locator.destination.lun_id
+    planted = [
+        Planted("presentation", str(array.path), lambda: array.stale_presentations(HOST_B) == []),
+        Planted("snapshot-lun", b_lun, lun_gone(array, b_lun)),
+    ]
+    theirs = view(recorded(b_request, b_locator, SetState.DELETED, host=HOST_B))
+    return Foreign(theirs, planted, [orphan.exists, lambda: array.find(lun_b.id) is not None])
+
+
+def _foreign_btrfs(case: Case) -> Foreign:
+    """Host B's snapshot in the same filesystem (another home on this machine); an entry of the snapshot
+    directory not named as snapport names them; and a btrfs that no set of A's names, with a subvolume where a
+    snapshot of A's would be."""
+    runner = case.scratch.runner
+    volume_b = Volume(HOST_B, case.volume.mount_point, "btrfs", case.volume.fs_uuid, case.volume.device)
+    b_request, b_locator = take_snapshot(case, provider=case.other_host, volume=volume_b)
+    notes = case.mount_point / SNAPSHOT_DIR / "notes"
+    notes.mkdir()
+    elsewhere = case.scratch.filesystem("btrfs")
+    (elsewhere.mount_point / SNAPSHOT_DIR).mkdir()
+    unnamed = elsewhere.mount_point / SNAPSHOT_DIR / str(uuid.uuid4())
+    runner.run(["btrfs", "subvolume", "snapshot", "-r", str(elsewhere.mount_point), str(unnamed)])
+    b_path = Path(b_locator.property("path") or "")
+    planted = [Planted("snapshot-subvolume", str(b_path), snapshot_gone(b_path))]
+    theirs = view(recorded(b_request, b_locator, SetState.DELETED, host=HOST_B))
+    return Foreign(theirs, planted, [notes.is_dir, unnamed.exists])
+
+
+PLANTERS: dict[str, Callable[[Case], tuple[CatalogView, list[Planted]]]] = {
+    "reflink-array": _plant_array,
+    "btrfs": _plant_btrfs,
+}
+FOREIGNERS: dict[str, Callable[[Case], Foreign]] = {"reflink-array": _foreign_array, "btrfs": _foreign_btrfs}
+
+
+def test_every_provider_has_leftovers_planted() -> None:
+    assert set(PLANTERS) == set(FOREIGNERS) == set(PROVIDERS)
+
+
+def test_leftovers_a_crash_leaves_are_found_and_removed_by_exact_id(case: Case) -> None:
+    known, planted = PLANTERS[case.provider.name](case)
+    listed = case.provider.leftovers(known)
+    assert reported(case.provider, known) == sorted((p.kind, p.object) for p in planted)
+    assert [p.object for p in planted if p.gone()] == []  # listing changes nothing
+    assert case.provider.leftovers(known) == listed
+    for leftover in listed:  # in the order listed, as reconciliation removes them
+        assert case.provider.remove_leftover(leftover, known)
+        assert not [x for x in case.provider.leftovers(known) if (x.kind, x.object) == (leftover.kind, leftover.object)]
+    assert [p.object for p in planted if not p.gone()] == []
+    assert case.provider.leftovers(known) == ()
+    assert case.leftovers() == []
+    for leftover in listed:  # idempotent: what is gone is left alone
+        case.provider.remove_leftover(leftover, known)
+    assert case.leftovers() == []
+
+
+def test_a_live_sets_objects_and_another_hosts_are_never_reported(case: Case) -> None:
+    request, locator = take_snapshot(case)
+    device = import_snapshot(case, case.provider, locator)
+    mine = view(recorded(request, locator, SetState.CREATED, device=device))
+    foreign = FOREIGNERS[case.provider.name](case)
+    assert case.provider.leftovers(mine) == ()
+    # ... yet they are leftovers to their own host, which removes them: the check above could have failed.
+    assert reported(case.other_host, foreign.theirs) == sorted((p.kind, p.object) for p in foreign.planted)
+    for leftover in case.other_host.leftovers(foreign.theirs):
+        case.other_host.remove_leftover(leftover, foreign.theirs)
+    assert [p.object for p in foreign.planted if not p.gone()] == []
+    assert all(still() for still in foreign.outside)
+    assert case.provider.import_snapshot(locator) == device  # the live snapshot is untouched
+    assert case.provider.leftovers(mine) == ()
+
+
+def test_a_leftover_whose_set_is_recorded_meanwhile_is_left_alone(case: Case) -> None:
+    """The listing saw a snapshot whose set the catalog did not record yet (a creation starting); the removal,
+    given the catalog read again, finds the set live and leaves the snapshot alone."""
+    anchor_request, anchor = take_snapshot(case)
+    request, locator = take_snapshot(case)
+    before = view(recorded(anchor_request, anchor, SetState.CREATED))
+    (listed,) = case.provider.leftovers(before)
+    after = view(*before.sets, recorded(request, locator, SetState.CREATED))
+    assert "left alone" in case.provider.remove_leftover(listed, after)
+    import_snapshot(case, case.provider, locator)  # still there, whole
+    assert case.provider.leftovers(after) == ()
+
+
+def test_an_importer_releases_only_its_own_presentation_of_an_ended_set(case: Case) -> None:
+    provider, importer = case.provider, case.other_host
+    transportable = provider.capabilities.transportable
+    request, locator = take_snapshot(case, Attr.TRANSPORTABLE if transportable else Attr.NONE)
+    maker = view(recorded(request, locator, SetState.CREATED))
+    if not transportable:  # nothing of it can be on another host: it is never another host's leftover
+        ended = view(recorded(request, locator, SetState.DELETED, host=HOST_B, imported=True))
+        assert importer.leftovers(ended) == ()
+        return
+    device = import_snapshot(case, importer, locator)
+    ended = view(recorded(request, locator, SetState.DELETED, host=HOST_B, imported=True, device=device))
+    assert locator.destination is not None
+    lun = locator.destination.lun_id
+    assert reported(importer, ended) == [("snapshot-lun", lun)]
+    assert provider.leftovers(maker) == ()
+    (leftover,) = importer.leftovers(ended)
+    assert HOST_B in importer.remove_leftover(leftover, ended)
+    assert loop.backing_file(device) is None
+    assert case.array is not None and case.array.find(lun) is not None  # the LUN is its maker's
+    assert importer.leftovers(ended) == ()
+    provider.delete(locator)
+    assert case.leftovers() == []
+
+
+def test_presentations_and_lock_files_come_from_what_the_catalog_names(case: Case) -> None:
+    request, locator = take_snapshot(case)
+    known = view(recorded(request, locator, SetState.CREATED))
+    mine, theirs = case.provider.presentations(known), case.other_host.presentations(known)
+    assert case.provider.presentations(view()) == Presentations()  # a catalog that names nothing: nothing looked at
+    assert case.provider.lock_files(view()) == ()
+    if case.presented is None:
+        assert mine == theirs == Presentations()
+        assert case.provider.lock_files(known) == ()
+        return
+    assert case.presented in mine.here and case.presented not in mine.elsewhere
+    assert case.presented in theirs.elsewhere and case.presented not in theirs.here
+    locks = case.provider.lock_files(known)
+    assert locks and all(path.exists() for path in locks)
+
+
+def test_a_leftover_of_another_provider_is_refused(case: Case) -> None:
+    alien = Leftover("another-provider", "snapshot-lun", "0123456789ab", "not this provider's")
+    with pytest.raises(ProviderError, match="is not a leftover of"):
+        case.provider.remove_leftover(alien, view())

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from snapport.catalog import Catalog, JobState
-from snapport.errors import BadState
+from snapport.errors import BadState, DoctorFound
 from snapport.model import Attr, Context, SetState, SnapshotSet
 from snapport.osal import loop
 from snapport.osal.lock import holders
@@ -41,7 +41,7 @@ FLOW_TIMEOUT_S = 120.0
 SETTLE_S = LEASE_S + 5.0 + 30.0 + 15.0  # the lease, the proxy's stuck-work grace, systemOne's delete settle, margin
 SETS_SETTLE_S = 5.0
 FINAL = (SetState.DELETED, SetState.ABORTED)
-DOCTOR = Path(__file__).resolve().parents[2] / "src" / "snapport" / "cli" / "doctor.py"
+DOCTOR_FOUND_EXIT = DoctorFound.exit_code
 
 
 @dataclass
@@ -110,9 +110,9 @@ def _busy(fault_lab: FaultLab, new: set[uuid.UUID], *, sets: bool) -> list[str]:
 
 
 def _doctor(fault_lab: FaultLab) -> list[str]:
-    """`snapport doctor --repair --json` on both hosts at once (once it exists); what each repaired."""
-    if not DOCTOR.exists():
-        return []
+    """`snapport doctor --repair --json` on both hosts at once; what each repaired, and what it left. A doctor
+    that does not run, or answers with anything but its report (exit 0, or DOCTOR_FOUND with what is left),
+    fails the case: the reconciliation of every case depends on it."""
     # Every job has ended on both hosts: no delete is under way, so a set still deleting is stuck now.
     argv = [sys.executable, "-m", "snapport", "doctor", "--repair", "--stuck-after", "0", "--json"]
     running = {
@@ -122,11 +122,14 @@ def _doctor(fault_lab: FaultLab) -> list[str]:
     notes = []
     for key, doctor in running.items():
         out, err = doctor.communicate(timeout=120)
-        if doctor.returncode != 0:
-            notes.append(f"doctor on {key} failed: {err.decode(errors='replace').strip()[-200:]}")
-            continue
-        for item in json.loads(out).get("repaired", []):
-            notes.append(f"doctor {key}: {item.get('kind')} {item.get('action')}")
+        stderr = err.decode(errors="replace").strip()[-400:]
+        assert doctor.returncode in (0, DOCTOR_FOUND_EXIT), f"doctor on {key} exited {doctor.returncode}: {stderr}"
+        report = json.loads(out)
+        assert set(report) == {"found", "repaired", "left", "busy"}, f"doctor on {key} printed {report}"
+        for item in report["repaired"]:
+            notes.append(f"doctor {key}: {item['kind']} {item['action']}")
+        for item in report["left"]:
+            notes.append(f"doctor on {key} left {item['kind']} {item['object']}: {item['detail'][-200:]}")
     return notes
 
 

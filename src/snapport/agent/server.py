@@ -127,12 +127,12 @@ def reconcile_machine(agent: Agent) -> None:
     """At start, once jobs and leases are recovered: bring the machine in line with the catalog (docs/doctor.md),
     before any request is served. Each finding and what was done is logged."""
     from snapport.coordinator.host import Host, run_dir  # noqa: PLC0415
-    from snapport.coordinator.reconcile import reconcile  # noqa: PLC0415
+    from snapport.coordinator.reconcile import Depth, reconcile  # noqa: PLC0415
     from snapport.providers.registry import host_name  # noqa: PLC0415
 
     host = Host(name=host_name(), home=agent.home, catalog=agent.catalog, run_dir=run_dir())
     try:
-        report = reconcile(host, repair=True, agent_running=True)
+        report = reconcile(host, repair=True, depth=Depth.FULL, agent_running=True)
     except SnapportError as exc:  # the agent still starts: `snapport doctor` shows what is left
         log("reconcile.failed", level=40, error=exc.code, message=exc.message)
         return

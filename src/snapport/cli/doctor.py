@@ -32,14 +32,16 @@ from snapport.errors import DoctorFound, SnapportError
 @json_option
 @pass_env
 def doctor(env: Env, repair: bool, hung_after: float, stuck_after: float, as_json: bool) -> None:
-    """Compare the catalog with the machine: snapshot LUNs, images, loop devices, mounts under the run directory,
-    frozen volumes, locks, leases and jobs. Exit 0 when nothing is left wrong, else DOCTOR_FOUND (30)."""
-    from snapport.coordinator.reconcile import reconcile  # noqa: PLC0415
+    """Compare the catalog with the machine: sets stuck mid-way, what each provider left (snapshot LUNs, images,
+    loop devices, btrfs snapshot subvolumes, ...), mounts under the run directory, frozen volumes, locks, leases
+    and jobs. Exit 0 when nothing is left wrong, else DOCTOR_FOUND (30)."""
+    from snapport.coordinator.reconcile import Depth, reconcile  # noqa: PLC0415
 
     host = env.host_as_is
     report = reconcile(
         host,
         repair=repair,
+        depth=Depth.FULL,
         hung_after_s=hung_after,
         stuck_after_s=stuck_after,
         recover_agent_state=_agent_recovery(env) if repair else None,

@@ -50,10 +50,10 @@ class Env:
         """This host as the coordinator sees it (name from `$SNAPPORT_HOST`, else the system's), for a verb that
         changes state: the cheap part of reconciliation runs first (sets whose creating or importing process died
         are rolled back; docs/doctor.md)."""
-        from snapport.coordinator.reconcile import reconcile_quick  # noqa: PLC0415
+        from snapport.coordinator.reconcile import Depth, reconcile  # noqa: PLC0415
 
         if self._host is None:
-            reconcile_quick(self.host_as_is)
+            reconcile(self.host_as_is, repair=True, depth=Depth.QUICK)
         return self.host_as_is
 
     @property

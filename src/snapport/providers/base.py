@@ -22,17 +22,41 @@ Contract, method by method (restic's Backend habit):
   read-write volume and forgets it; `revert` rolls the original volume back to a persistent snapshot.
 - Errors: `ProviderVeto` (refused, retryable later), `ProviderError` (unexpected), `VolumeNotSupported`,
   `UnsupportedContext`, `ObjectNotFound` (a locator that names nothing), `SystemCommandError` (the OS refused).
+
+Reconciliation (`snapport doctor`, an agent's start; docs/doctor.md) asks every provider, given a `CatalogView`
+(every set this host's catalog records, in every state). A provider looks only where that view points (the arrays
+its locators name, the volumes its sets snapshot), never over the whole machine, and judges only this host's
+objects (`ProviderHost.name`): another host's, even on the same machine, are that host's to judge. None of these
+raises for what it cannot reach (an array whose directory is gone, a volume no longer mounted): it is skipped.
+
+- `presentations(known)` changes nothing: the devices on this machine presenting this provider's objects to
+  this host (`here`: their volumes are snapport's, so the frozen-volume probe may look at them) and to other
+  hosts (`elsewhere`: a mount of one under this host's run directory is that host's, never a leftover here).
+- `lock_files(known)` changes nothing: the lock files the provider takes for the objects `known` names (a hung
+  holder is reported; a lock is never broken).
+- `leftovers(known)` changes nothing: what the provider made for this host that no live set of `known` accounts
+  for (a set deleted, aborted or absent) and a crash left behind, one `Leftover` per object, each with its exact
+  id. Listed in the order they are to be removed (e.g. stale records before the objects they would block).
+  A live set's objects and another host's are never listed.
+- `remove_leftover(leftover, known)` removes exactly that object, by its exact id, and says what it did. `known`
+  is read afresh after the listing (everything a set makes is recorded in the catalog before it exists), and the
+  provider checks again, under its own lock where it has one, that the object is still a leftover; if it is not
+  (gone, recorded meanwhile), it leaves it alone and says so. Idempotent. Raises (`SnapportError`, `OSError`)
+  when the removal fails (e.g. refused while another host still uses the object): the leftover is then left.
+  A leftover it did not list (another provider's, a kind it does not make) is refused with `ProviderError`.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
-from snapport.model import Attr, Locator, Volume
+from snapport.errors import ProviderError
+from snapport.model import Attr, Locator, SetState, Snapshot, SnapshotSet, Volume
 from snapport.osal.runner import Runner
 
 
@@ -70,6 +94,80 @@ class SnapshotRequest:
     attrs: Attr
 
 
+# A set in one of these states should hold no snapshot any more: what remains of it is a leftover.
+ENDED_STATES = frozenset({SetState.DELETED, SetState.ABORTED})
+_KIND = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogView:
+    """What this host's catalog records (every set, in every state): where a provider looks for its leftovers,
+    and what it judges them against."""
+
+    sets: tuple[SnapshotSet, ...]
+
+    def snapshots(self, provider: str) -> Iterator[tuple[SnapshotSet, Snapshot]]:
+        """Every snapshot whose locator names `provider`, with its set."""
+        for snapshot_set in self.sets:
+            for snapshot in snapshot_set.snapshots:
+                if snapshot.locator.provider == provider:
+                    yield snapshot_set, snapshot
+
+    def set_of(self, set_id: uuid.UUID) -> SnapshotSet | None:
+        return next((s for s in self.sets if s.id == set_id), None)
+
+    def live(self, set_id: uuid.UUID) -> bool:
+        """Whether the catalog records the set and it has not ended (its snapshots may exist and be in use)."""
+        known = self.set_of(set_id)
+        return known is not None and known.state not in ENDED_STATES
+
+    def live_snapshot(self, snapshot_id: uuid.UUID) -> bool:
+        """Whether a live set records a snapshot with this id."""
+        return any(x.id == snapshot_id for s in self.sets if s.state not in ENDED_STATES for x in s.snapshots)
+
+    @property
+    def devices(self) -> frozenset[str]:
+        """Every device the catalog records a snapshot presented at on this host."""
+        return frozenset(x.device for s in self.sets for x in s.snapshots if x.device)
+
+
+@dataclass(frozen=True, slots=True)
+class Presentations:
+    """Devices on this machine that present a provider's objects, by whom they are presented to."""
+
+    here: frozenset[str] = frozenset()  # to this host
+    elsewhere: frozenset[str] = frozenset()  # to other hosts (another SNAPPORT_HOME on this machine): theirs
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """One object a provider made on this host that no live set accounts for (what a crash left).
+
+    `kind` is the finding's kind in `snapport doctor` (kebab-case, e.g. `snapshot-lun`, `loop-device`); `object` the
+    exact id it is known by (a LUN id, a loop device, a path); `handle` what the provider needs to find exactly this
+    object again (its own keys, like a locator's properties).
+    """
+
+    provider: str
+    kind: str
+    object: str
+    detail: str
+    handle: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _KIND.match(self.kind):
+            raise ValueError(f"{self.kind!r} is not a leftover kind (kebab-case, e.g. snapshot-lun)")
+        if not self.object:
+            raise ValueError("a leftover needs the exact id of its object")
+
+    def get(self, key: str) -> str:
+        """A handle entry the provider put there (`ProviderError` if there is none: not this provider's)."""
+        value = dict(self.handle).get(key)
+        if value is None:
+            raise ProviderError(f"leftover {self.kind} {self.object} has no {key!r}")
+        return value
+
+
 @runtime_checkable
 class Provider(Protocol):
     name: ClassVar[str]
@@ -104,3 +202,11 @@ class Provider(Protocol):
     def break_snapshot(self, locator: Locator, device: str) -> str: ...
 
     def revert(self, locator: Locator, volume: Volume) -> None: ...
+
+    def presentations(self, known: CatalogView) -> Presentations: ...
+
+    def lock_files(self, known: CatalogView) -> tuple[Path, ...]: ...
+
+    def leftovers(self, known: CatalogView) -> tuple[Leftover, ...]: ...
+
+    def remove_leftover(self, leftover: Leftover, known: CatalogView) -> str: ...

@@ -7,13 +7,19 @@ only possible on the host that made it (it returns the snapshot's path; exposing
 btrfs makes its own consistent cut: the snapshot ioctl flushes delalloc and commits a transaction. It also cannot
 run on a FIFREEZE-frozen filesystem (it waits, unkillable, for the thaw), so `commit_while_fs_frozen` is False
 and `commit` refuses at once if it finds the filesystem frozen instead of hanging the set.
+
+Beside each snapshot, `prepare` writes `M/.snapport-snapshots/<snapshot-id>.owner` (the host and set that made
+it) before the snapshot exists, and `abort`/`delete` remove it after the snapshot: so any home can tell its own
+snapshots from another host's on the same filesystem, and reconciliation can find what a crash left.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,9 +35,20 @@ from snapport.errors import (
 from snapport.model import Attr, Locator, Volume
 from snapport.osal import ioctl
 from snapport.osal import mount as mnt
-from snapport.providers.base import Capabilities, ProviderHost, SnapshotRequest
+from snapport.osal.atomic import write_atomically
+from snapport.osal.runner import Runner
+from snapport.providers.base import (
+    Capabilities,
+    CatalogView,
+    Leftover,
+    Presentations,
+    ProviderHost,
+    SnapshotRequest,
+)
 
 SNAPSHOT_DIR = ".snapport-snapshots"
+OWNER_SUFFIX = ".owner"
+MAX_OWNER_BYTES = 4096
 SUBVOLUME_ROOT_INODE = 256  # BTRFS_FIRST_FREE_OBJECTID: the root directory of every subvolume, top level included
 COMMIT_TIMEOUT_S = 10.0
 
@@ -41,6 +58,40 @@ def _is_subvolume(path: Path) -> bool:
         return path.stat().st_ino == SUBVOLUME_ROOT_INODE and mnt.containing_mount(path).fs_type == "btrfs"
     except OSError:
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who made a snapshot, as its owner file records it."""
+
+    host: str
+    set_id: uuid.UUID
+
+
+def owner_file(snapshot: Path) -> Path:
+    return snapshot.with_name(snapshot.name + OWNER_SUFFIX)
+
+
+def _write_owner(snapshot: Path, owner: Owner) -> None:
+    body = json.dumps({"host": owner.host, "set_id": str(owner.set_id)}, sort_keys=True) + "\n"
+    write_atomically(owner_file(snapshot), body.encode(), mode=0o600)
+
+
+def read_owner(snapshot: Path) -> Owner | None:
+    """The owner a snapshot's owner file records; None if there is none (or it is not one of ours)."""
+    try:
+        with owner_file(snapshot).open("rb") as f:
+            raw = json.loads(f.read(MAX_OWNER_BYTES))
+        return Owner(host=str(raw["host"]), set_id=uuid.UUID(str(raw["set_id"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _delete_snapshot(runner: Runner, path: Path) -> None:
+    """Delete the snapshot subvolume at `path` (if it is one), then its owner file."""
+    if _is_subvolume(path):
+        runner.run(["btrfs", "subvolume", "delete", str(path)], timeout=60)
+    owner_file(path).unlink(missing_ok=True)
 
 
 class BtrfsProvider:
@@ -107,6 +158,7 @@ class BtrfsProvider:
             self.check_request(request.volume, request.attrs)
             snapshots = Path(request.volume.mount_point) / SNAPSHOT_DIR
             snapshots.mkdir(mode=0o700, exist_ok=True)  # outside the freeze: commit must not write metadata itself
+            _write_owner(self._snapshot_path(request), Owner(self.host.name, request.set_id))
 
     def commit(self, requests: Sequence[SnapshotRequest]) -> dict[uuid.UUID, Locator]:
         made: list[Path] = []
@@ -144,17 +196,13 @@ class BtrfsProvider:
 
     def abort(self, requests: Sequence[SnapshotRequest]) -> None:
         for request in requests:
-            target = self._snapshot_path(request)
-            if _is_subvolume(target):
-                self.runner.run(["btrfs", "subvolume", "delete", str(target)], timeout=60)
+            _delete_snapshot(self.runner, self._snapshot_path(request))
 
     def delete(self, locator: Locator) -> None:
         path = self._local(locator, "delete", ProviderVeto)
-        if not path.exists():
-            return
-        if not _is_subvolume(path):
+        if path.exists() and not _is_subvolume(path):
             raise ProviderError(f"{path} is not a btrfs subvolume; not deleting it")
-        self.runner.run(["btrfs", "subvolume", "delete", str(path)], timeout=60)
+        _delete_snapshot(self.runner, path)
 
     def sees_original(self, locator: Locator) -> bool:
         return locator.property("host") == self.host.name  # the snapshot lives inside the original
@@ -202,3 +250,86 @@ class BtrfsProvider:
         raise ProviderVeto(
             "the btrfs provider cannot revert a volume to a snapshot; restore the files from the exposed snapshot"
         )
+
+    # -- reconciliation (docs/doctor.md) -----------------------------------------------------------------------
+
+    def presentations(self, known: CatalogView) -> Presentations:
+        return Presentations()  # a snapshot is a directory of its own filesystem: no device presents it
+
+    def lock_files(self, known: CatalogView) -> tuple[Path, ...]:
+        return ()
+
+    def leftovers(self, known: CatalogView) -> tuple[Leftover, ...]:
+        """In the snapshot directory of each volume this host's sets snapshotted with btrfs (and only there):
+        `snapshot-subvolume`, a snapshot no live set records; `snapshot-owner`, an owner file whose snapshot was
+        never taken or is gone. Another host's (by its owner file) are left to it."""
+        found: list[Leftover] = []
+        for volume in self._volumes(known):
+            found += self._leftovers_in(volume, known)
+        return tuple(found)
+
+    def remove_leftover(self, leftover: Leftover, known: CatalogView) -> str:
+        if leftover.provider != self.name or leftover.kind not in ("snapshot-subvolume", "snapshot-owner"):
+            raise ProviderError(f"{leftover.kind} {leftover.object} is not a leftover of the {self.name} provider")
+        volume = Path(leftover.get("volume"))
+        if volume not in self._volumes(known):
+            return "its volume is no longer one this host's sets snapshot here; left alone"
+        path = Path(leftover.object)
+        current = {(x.kind, x.object) for x in self._leftovers_in(volume, known)}
+        if (leftover.kind, leftover.object) not in current:
+            return "already gone, or no longer a leftover (its set is live); left alone"
+        if leftover.kind == "snapshot-subvolume":
+            _delete_snapshot(self.runner, path)
+            return "deleted the snapshot subvolume and its owner file"
+        path.unlink(missing_ok=True)
+        return "removed the owner file"
+
+    def _volumes(self, known: CatalogView) -> list[Path]:
+        """This host's volumes that its sets snapshotted with btrfs and that are still the subvolume they
+        recorded (a volume whose device is recorded must still be on that device)."""
+        found: set[Path] = set()
+        for _, snapshot in known.snapshots(self.name):
+            volume = snapshot.volume
+            mount_point = Path(volume.mount_point)
+            if volume.host != self.host.name or mount_point in found or not _is_subvolume(mount_point):
+                continue
+            source = mnt.containing_mount(mount_point).source
+            if volume.device and os.path.realpath(volume.device) != os.path.realpath(source):
+                continue
+            found.add(mount_point)
+        return sorted(found)
+
+    def _leftovers_in(self, volume: Path, known: CatalogView) -> Iterator[Leftover]:
+        directory = volume / SNAPSHOT_DIR
+        try:
+            names = sorted(p.name for p in directory.iterdir())
+        except OSError:
+            return
+        handle = (("volume", str(volume)),)
+        for name in names:
+            snapshot_name = name.removesuffix(OWNER_SUFFIX)
+            try:
+                snapshot_id = uuid.UUID(snapshot_name)
+            except ValueError:
+                continue  # not our naming: never ours to judge
+            if snapshot_name != str(snapshot_id) or known.live_snapshot(snapshot_id):
+                continue
+            snapshot = directory / snapshot_name
+            owner = read_owner(snapshot)
+            if owner is not None and owner.host != self.host.name:
+                continue  # another host's (another home on this machine)
+            if name == snapshot_name and _is_subvolume(snapshot):
+                yield Leftover(self.name, "snapshot-subvolume", str(snapshot), self._why(owner, known), handle)
+            elif name != snapshot_name and owner is not None and not snapshot.exists():
+                why = f"records a snapshot of set {owner.set_id} ({self._state(owner.set_id, known)}) that is not there"
+                yield Leftover(self.name, "snapshot-owner", str(directory / name), why, handle)
+
+    @staticmethod
+    def _state(set_id: uuid.UUID, known: CatalogView) -> str:
+        recorded = known.set_of(set_id)
+        return f"{recorded.state.value} here" if recorded is not None else "absent from the catalog"
+
+    def _why(self, owner: Owner | None, known: CatalogView) -> str:
+        if owner is None:
+            return "a snapshot with no owner file that no live set records (taken for this host's: its volume is)"
+        return f"snapshot of set {owner.set_id}, which is {self._state(owner.set_id, known)}"

@@ -14,7 +14,8 @@ import pytest
 
 from snapport.catalog import JobState
 from snapport.catalog.clock import boot_seconds
-from snapport.coordinator.reconcile import reconcile, reconcile_quick
+from snapport.coordinator.reconcile import Depth, reconcile, reconcile_quick
+from snapport.coordinator.reconcile.leases import end_lease
 from snapport.coordinator.session import BackupSession, SessionOptions
 from snapport.model import Attr, Context, Locator, SetState, Snapshot, SnapshotSet
 from snapport.osal import ioctl
@@ -64,7 +65,11 @@ def test_a_set_left_preparing_is_rolled_back_and_a_quick_pass_changes_nothing_el
 
     # The cheap pass at the start of a verb rolls it back, under the creation lock.
     with host.lock("create", timeout_s=1, what="a live creation"):
-        assert reconcile_quick(host) == []  # a live creation holds the lock: nothing is touched
+        quick = reconcile(host, repair=True, depth=Depth.QUICK)
+        assert (quick.found, quick.rolled_back) == ([], [])  # a live creation holds the lock: nothing is touched
+        assert reconcile_quick(host) == []
+    assert reconcile(host, repair=False, depth=Depth.QUICK).rolled_back == []  # finds, changes nothing
+    assert host.catalog.get_set(set_id).state is SetState.PREPARING
     assert reconcile_quick(host) == [set_id]
     assert host.catalog.get_set(set_id).state is SetState.ABORTED
     assert world.leftovers(host) == []
@@ -114,6 +119,7 @@ def test_an_expired_lease_ends_its_session_and_jobs_with_no_agent_are_failed(wor
     assert host.catalog.get_set(set_id).state is SetState.DELETED
     assert host.catalog.get_session(set_id).succeeded is False  # no BackupComplete
     assert host.catalog.get_lease(live.id).released_at is None
+    assert end_lease(host, lease).startswith("ended the session without BackupComplete")  # idempotent
 
     # With no agent, a running job and the live lease have lost their process.
     orphan = host.catalog.add_job(uuid.uuid4(), "offhost-backup")
@@ -182,3 +188,18 @@ def test_an_agent_repairs_what_a_crash_left_before_it_serves(world: ArrayWorld, 
         if agent.poll() is None:
             os.kill(agent.pid, 15)
         agent.wait(timeout=30)
+
+
+def test_ending_a_lease_after_a_successful_backup_fires_backup_complete_once(world: ArrayWorld) -> None:
+    data = world.volume("data")
+    host = world.host(HOST_ONE)
+    set_id = make_set(world, data)
+    lease = host.catalog.grant_lease(set_id, "two", 60.0)
+    action = end_lease(host, lease, succeeded=True)
+    assert action == "ended the session with BackupComplete; deleted the set; released the lease", action
+    assert host.catalog.get_session(set_id).succeeded is True
+    assert host.catalog.get_set(set_id).state is SetState.DELETED
+    assert host.catalog.get_lease(lease.id).released_at is not None
+    end_lease(host, lease, succeeded=False)  # the outcome was claimed: nothing changes
+    assert host.catalog.get_session(set_id).succeeded is True
+    assert world.leftovers(host) == []

@@ -369,6 +369,17 @@ class Array:
         images = (self.path / LUNS_DIR).glob("*.img")
         return sorted(p for p in images if _LUN_ID.match(p.stem) and p.stem not in known)  # only our own naming
 
+    def remove_orphan_image(self, lun_id: str) -> bool:
+        """Remove `luns/<lun_id>.img` if no LUN records it, decided under the lock (an image being made is
+        recorded in the same transaction, so it is never taken for an orphan). False if there was none to remove."""
+        valid_lun_id(lun_id)
+        with self._transaction() as manifest:
+            image = self.image(lun_id)
+            if manifest.find(lun_id) is not None or not image.exists():
+                return False
+            image.unlink()
+        return True
+
     def stale_presentations(self, host: str) -> list[tuple[str, str]]:
         """(LUN id, device) recorded as presented to `host` whose loop device no longer presents the LUN's image."""
         return [
@@ -568,17 +579,6 @@ class Array:
                 if not self.image(lun_id).exists():
                     raise BadState(f"LUN {lun_id} has no image: it was never cloned")
                 manifest.put(replace(lun, state=READY))
-
-    def clone_lun(self, source_id: str, *, name: str | None = None) -> Lun:
-        """A ready clone of `source_id` at once (consistent only if nothing writes to the source meanwhile)."""
-        clone = self.reserve_clone(source_id, name=name)
-        try:
-            self.clone_into(clone)
-            self.mark_ready([clone.id])
-        except BaseException:
-            self.delete_lun(clone.id)
-            raise
-        return self.get(clone.id)
 
     def unlink_snapshot(self, lun_id: str) -> Lun:
         """Make a snapshot LUN a standalone LUN (its parent stays, as history)."""

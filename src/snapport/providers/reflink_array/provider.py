@@ -21,10 +21,11 @@ from snapport.model import Attr, Locator, LunInformation, Volume
 from snapport.osal import loop
 from snapport.osal import mount as mnt
 from snapport.providers import blockdev
-from snapport.providers.base import Capabilities, ProviderHost, SnapshotRequest
+from snapport.providers.base import Capabilities, CatalogView, Leftover, Presentations, ProviderHost, SnapshotRequest
+from snapport.providers.reflink_array import reconciliation
 from snapport.providers.reflink_array.array import LUNS_DIR, PENDING, READY, Array, Lun, valid_lun_id
 
-PRODUCT = "reflink-array"
+PRODUCT = reconciliation.PROVIDER
 _LOOP = re.compile(r"^/dev/loop\d+$")
 
 
@@ -35,7 +36,7 @@ def _lun_information(array: Array, lun: Lun) -> LunInformation:
 class ReflinkArrayProvider:
     """Snapshots of volumes on array LUNs: FICLONE of the LUN image; transportable through the shared directory."""
 
-    name: ClassVar[str] = "reflink-array"
+    name: ClassVar[str] = PRODUCT
     capabilities: ClassVar[Capabilities] = Capabilities(
         transportable=True, atomic_multi_volume=True, persistent=True, can_break=True, can_revert=True
     )
@@ -255,3 +256,17 @@ class ReflinkArrayProvider:
         if locator.source is None or lun.parent != locator.source.lun_id:
             raise BadState(f"LUN {lun.id} is not a snapshot of the locator's source LUN")
         array.revert_lun(locator.source.lun_id, lun.id, host=self.host.name)
+
+    # -- reconciliation (docs/doctor.md; the `reconciliation` module says what is judged) ----------------------
+
+    def presentations(self, known: CatalogView) -> Presentations:
+        return reconciliation.presentations(known, self.host.name, self.runner)
+
+    def lock_files(self, known: CatalogView) -> tuple[Path, ...]:
+        return reconciliation.lock_files(known, self.runner)
+
+    def leftovers(self, known: CatalogView) -> tuple[Leftover, ...]:
+        return reconciliation.leftovers(known, self.host.name, self.runner)
+
+    def remove_leftover(self, leftover: Leftover, known: CatalogView) -> str:
+        return reconciliation.remove(leftover, known, self.host.name, self.runner)
