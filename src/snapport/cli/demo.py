@@ -63,7 +63,7 @@ def check_consistency(repo: Path, set_id: uuid.UUID, commit_log: Path, freeze_st
     from backports.zstd import ZstdFile  # noqa: PLC0415
 
     from snapport.engines import ArchiveEngine  # noqa: PLC0415
-    from snapport.engines.archive_format import ARCHIVE_FILE, member_name  # noqa: PLC0415
+    from snapport.engines.archive.format import ARCHIVE_FILE, member_name  # noqa: PLC0415
     from snapport.lab import sample_app  # noqa: PLC0415
     from snapport.lab.config import DATA_MOUNT  # noqa: PLC0415
 

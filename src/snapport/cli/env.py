@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,18 +76,28 @@ pass_env = click.make_pass_decorator(Env)
 
 
 def find_set(env: Env, set_id: str) -> SnapshotSet:
-    """A set by full id or by a unique prefix of at least 4 hex digits (as git and docker accept)."""
+    """A set of the catalog by full id or by a unique prefix of at least 4 hex digits (as git and docker accept)."""
     catalog = env.catalog
+    found = resolve_set_id(set_id, lambda: (s.id for s in catalog.list_sets()), noun="snapshot set")
+    return catalog.get_set(found)
+
+
+def resolve_set_id(
+    text: str, candidates: Callable[[], Iterable[uuid.UUID]], *, noun: str, where: str = ""
+) -> uuid.UUID:
+    """The id `text` names: a full UUID (returned as it is: the caller looks it up), or the one of `candidates`
+    (asked for only then) that starts with `text`, a prefix of at least 4 hex digits. `UsageError` for anything
+    else or a prefix several share; `ObjectNotFound` ("no NOUN with id 'TEXT' WHERE") when none does."""
     try:
-        return catalog.get_set(uuid.UUID(set_id))
+        return uuid.UUID(text)
     except ValueError:
         pass
-    prefix = set_id.lower()
+    prefix = text.lower()
     if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
-        raise UsageError(f"{set_id!r} is not a set id (a UUID, or a unique prefix of at least 4 hex digits)")
-    matches = [s for s in catalog.list_sets() if str(s.id).startswith(prefix)]
+        raise UsageError(f"{text!r} is not a set id (a UUID, or a unique prefix of at least 4 hex digits)")
+    matches = [c for c in candidates() if str(c).startswith(prefix)]
     if len(matches) > 1:
-        raise UsageError(f"{set_id!r} matches {len(matches)} sets; give more of the id")
+        raise UsageError(f"{text!r} matches {len(matches)} sets; give more of the id")
     if not matches:
-        raise ObjectNotFound(f"no snapshot set with id {set_id!r}")
+        raise ObjectNotFound(f"no {noun} with id {text!r}" + (f" {where}" if where else ""))
     return matches[0]

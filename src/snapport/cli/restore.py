@@ -12,7 +12,7 @@ import click
 
 from snapport.cli.env import Env, find_set, json_option, pass_env
 from snapport.cli.output import emit_json, progress_line
-from snapport.cli.verify import repo_option, resolve_set
+from snapport.cli.verify import engine_option, repo_option, resolve_set
 
 if TYPE_CHECKING:
     from snapport.engines.base import Progress
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @click.command("restore")
 @repo_option
 @click.option("--set", "set_id", required=True, metavar="ID", help="The set's id (or a unique prefix).")
-@click.option("--engine", "engine_name", default="archive", show_default=True, help="The backup engine.")
+@engine_option
 @click.option(
     "--component",
     "components",
@@ -44,7 +44,7 @@ def restore(
     env: Env,
     repo: Path,
     set_id: str,
-    engine_name: str,
+    engine_name: str | None,
     components: tuple[str, ...],
     target: Path,
     overwrite: bool,
@@ -57,9 +57,9 @@ def restore(
     from rich.progress import Progress as Bars  # noqa: PLC0415
 
     from snapport.coordinator import restore as restoring  # noqa: PLC0415
-    from snapport.engines.registry import get_engine  # noqa: PLC0415
+    from snapport.engines.registry import open_repository  # noqa: PLC0415
 
-    engine = get_engine(engine_name, repo)
+    engine = open_repository(repo, engine_name)
     resolved = resolve_set(engine, set_id)
     catalog = env.catalog if env.home.is_dir() else None  # a restore host need not have made or imported the set
     started = time.monotonic()

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from snapport.cli.env import json_option
+from snapport.cli.env import json_option, resolve_set_id
 from snapport.cli.output import emit_json, table
-from snapport.engines import ENGINES, Engine, get_engine
-from snapport.errors import ObjectNotFound, UsageError
+from snapport.engines import ENGINE_NAMES, Engine, open_repository
 
 repo_option = click.option(
     "--repo",
@@ -25,34 +24,15 @@ repo_option = click.option(
 engine_option = click.option(
     "--engine",
     "engine_name",
-    type=click.Choice(sorted(ENGINES)),
+    type=click.Choice(ENGINE_NAMES),
     default=None,
     help="The repository's backup engine [default: recognised from the repository].",
 )
 
 
-def open_repository(repo: Path, engine_name: str | None) -> Engine:
-    """The engine of `repo`: the one named, else restic if the directory is a restic repository, else archive."""
-    if engine_name is None:
-        engine_name = "restic" if (repo / "config").is_file() and (repo / "keys").is_dir() else "archive"
-    return get_engine(engine_name, repo)
-
-
 def resolve_set(engine: Engine, set_id: str) -> uuid.UUID:
     """A set of the repository by full id or by a unique prefix of at least 4 hex digits."""
-    try:
-        return uuid.UUID(set_id)
-    except ValueError:
-        pass
-    prefix = set_id.lower()
-    if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
-        raise UsageError(f"{set_id!r} is not a set id (a UUID, or a unique prefix of at least 4 hex digits)")
-    matches = [s.set_id for s in engine.list() if str(s.set_id).startswith(prefix)]
-    if len(matches) > 1:
-        raise UsageError(f"{set_id!r} matches {len(matches)} sets; give more of the id")
-    if not matches:
-        raise ObjectNotFound(f"no set with id {set_id!r} in the repository")
-    return matches[0]
+    return resolve_set_id(set_id, lambda: (s.set_id for s in engine.list()), noun="set", where="in the repository")
 
 
 def _size(n: int) -> str:

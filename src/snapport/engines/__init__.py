@@ -1,10 +1,12 @@
 """Backup engines: read a set's components from an exposed snapshot into a repository, verify, list (DESIGN §2).
 
 `base` holds the `Engine` protocol and its value types, `walk` which files a component's file specs select,
-`archive` the built-in engine, `registry` every engine by name. See docs/engines.md.
+`digest` the content digests, `archive` the built-in engine (a package, one module per job), `restic` (with
+`restic_view`, its mount namespace's init) the incremental one, `registry` every engine by name and the rule that
+chooses a repository's engine. See docs/engines.md.
 """
 
-from snapport.engines.archive import ArchiveEngine
+from snapport.engines.archive.engine import ArchiveEngine
 from snapport.engines.base import (
     BackupResult,
     Capabilities,
@@ -24,11 +26,12 @@ from snapport.engines.base import (
     VerifyReport,
     select_components,
 )
-from snapport.engines.registry import DEFAULT_ENGINE, ENGINES, get_engine
+from snapport.engines.registry import DEFAULT_ENGINE, ENGINE_NAMES, ENGINES, get_engine, open_repository, recognise
 
 __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
+    "ENGINE_NAMES",
     "ArchiveEngine",
     "BackupResult",
     "Capabilities",
@@ -47,5 +50,7 @@ __all__ = [
     "SetSummary",
     "VerifyReport",
     "get_engine",
+    "open_repository",
+    "recognise",
     "select_components",
 ]

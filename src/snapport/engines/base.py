@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from snapport.errors import DocumentError
 from snapport.model import BackupComponents, Component, FileSpec, WriterMetadata
@@ -69,6 +69,8 @@ class Capabilities:
     restore: bool
     incremental: bool
     preserves: frozenset[str]  # e.g. {"content", "mode", "owner", "mtime", "symlink", "hardlink"}
+    # runs in its own mount namespace (restic: the exposed copies at their original paths), so it needs root
+    private_mount_namespace: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +216,9 @@ class SetSummary:
     readable: bool = True
 
 
-@runtime_checkable
 class Engine(Protocol):
-    """A backup engine bound to one repository (see the module docstring for each method's contract)."""
+    """A backup engine bound to one repository (see the module docstring for each method's contract). The engine
+    conformance suite checks every implementation against it, signatures included."""
 
     @property
     def name(self) -> str: ...

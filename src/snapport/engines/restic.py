@@ -11,19 +11,17 @@ interrupted backup is never listed and may be retried.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from builtins import list as _list
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -31,7 +29,6 @@ from typing import IO, Any
 from urllib.parse import quote, unquote
 
 from snapport.documents import BCD_FILE_NAME, WRITERS_DIR_NAME, read_document, save_documents
-from snapport.engines.archive_format import default_digest_algorithm, new_hasher
 from snapport.engines.base import (
     BackupResult,
     Capabilities,
@@ -49,6 +46,7 @@ from snapport.engines.base import (
     SetSummary,
     VerifyReport,
 )
+from snapport.engines.digest import default_digest_algorithm, new_hasher
 from snapport.engines.restic_view import DOCUMENTS_IN_VIEW, REPO_IN_VIEW, RESTORE_IN_VIEW, ViewSpec, collides
 from snapport.engines.walk import Entry, EntryType, Selection, path_key, select
 from snapport.errors import (
@@ -61,6 +59,7 @@ from snapport.errors import (
 )
 from snapport.faults import inject
 from snapport.model import BackupComponents, WriterMetadata
+from snapport.osal.runner import PIPE, Process, Runner, Stream, SubprocessRunner
 
 ENGINE_NAME = "restic"
 RESTIC = "/usr/bin/restic"
@@ -76,9 +75,11 @@ BACKUP_TIMEOUT_S = 24 * 3600.0
 COMMAND_TIMEOUT_S = 3600.0
 LOCK_WAIT_S = 1800.0  # exclusive commands (tag, check) wait this long for other backups into the repository
 MAX_DOCUMENT_BYTES = 4 << 20
-_PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 10.0  # how long an interrupted restic may take to remove its lock before it is killed
+_STDERR_LINES = 50  # what is kept of restic's stderr, for the error message
 _Nodes = list[dict[str, Any]]
-_libc = ctypes.CDLL(None, use_errno=True)
+# restic runs in a private mount namespace whose init (`restic_view`) builds its view and execs it
+_IN_VIEW = ("unshare", "--mount", "--propagation", "private", sys.executable, "-m", "snapport.engines.restic_view")
 
 
 def key_file_for(repository: Path) -> Path:
@@ -89,11 +90,6 @@ def key_file_for(repository: Path) -> Path:
 def _encode_tag(text: str) -> str:
     """A tag value restic keeps whole: restic splits `--tag` on commas."""
     return quote(text, safe="/\\:._-")
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL if the process that started it dies (a SIGKILLed backup takes its restic along)."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +138,11 @@ class ResticEngine:
     """
 
     name = ENGINE_NAME
-    needs_root = True  # restic runs in its own mount namespace
     capabilities = Capabilities(
         restore=True,
         incremental=True,
         preserves=frozenset({"content", "mode", "owner", "mtime", "symlink", "hardlink", "device", "fifo"}),
+        private_mount_namespace=True,
     )
 
     def __init__(
@@ -156,12 +152,19 @@ class ResticEngine:
         read_data_subset: str = DEFAULT_READ_DATA_SUBSET,
         restic: str = RESTIC,
         timeout_s: float = BACKUP_TIMEOUT_S,
+        runner: Runner | None = None,
     ) -> None:
         self.repository = Path(repository).absolute()
         self.read_data_subset = read_data_subset
         self.restic = restic
         self.timeout_s = timeout_s
+        self.runner: Runner = runner or SubprocessRunner()
         self.last_summary: dict[str, Any] | None = None  # restic's JSON summary of the last backup
+
+    @staticmethod
+    def recognises(directory: Path) -> bool:
+        """Whether `directory` is a restic repository (its `config` file and `keys` directory)."""
+        return (directory / "config").is_file() and (directory / "keys").is_dir()
 
     # -- restic -------------------------------------------------------------------------------------------------
 
@@ -200,18 +203,13 @@ class ResticEngine:
     def _argv(self, repo: str, *args: str) -> list[str]:
         return [self.restic, "-r", repo, "--no-cache", *args]
 
-    def _spawn(self, argv: Sequence[str], stdout: IO[bytes] | int) -> subprocess.Popen[bytes]:
-        try:
-            return subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-                env=self._env(),
-                preexec_fn=_die_with_parent,  # noqa: PLW1509  (prctl only: safe before exec)
-            )
-        except OSError as exc:
-            raise SystemCommandError(f"cannot run restic ({argv[0]}): {exc.strerror}") from None
+    def _start(self, argv: Sequence[str], stdout: Stream, stderr: IO[bytes]) -> Process:
+        """restic (or its view) started in our process group, so that a Ctrl-C reaches it too (it removes its lock
+        on SIGINT), and killed by the kernel if the thread that started it dies (a SIGKILLed backup takes its
+        restic along before it writes a snapshot)."""
+        return self.runner.start(
+            argv, stdout=stdout, stderr=stderr, env=self._env(), own_group=False, die_with_parent=True
+        )
 
     def _run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S, exclusive: bool = False) -> Completed:
         """One restic command on the repository; a stale lock of a dead restic is removed (`restic unlock` removes
@@ -227,18 +225,19 @@ class ResticEngine:
             time.sleep(min(10.0, attempt * (0.5 if exclusive else 1.0)))
 
     def _call(self, argv: Sequence[str], timeout_s: float) -> Completed:
-        with tempfile.TemporaryFile() as out:
-            proc = self._spawn(argv, out)
+        """Run restic to its end (its output in temporary files: a listing may be large); one that outlives
+        `timeout_s`, or whose caller is interrupted, is stopped (`_stop`)."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = self._start(argv, out, err)
             try:
-                _, err = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise SystemCommandError(
-                    f"restic did not finish within {timeout_s:g} s: {' '.join(argv[-3:])}"
-                ) from None
+                rc = proc.wait(timeout_s)
+            finally:
+                _stop(proc)
+            if rc is None:
+                raise SystemCommandError(f"restic did not finish within {timeout_s:g} s: {' '.join(argv[-3:])}")
             out.seek(0)
-            return Completed(proc.returncode, out.read().decode(errors="surrogateescape"), err.decode(errors="replace"))
+            err.seek(0)
+            return Completed(rc, out.read().decode(errors="surrogateescape"), err.read().decode(errors="replace"))
 
     def _checked(self, *args: str, exclusive: bool = False) -> str:
         result = self._run(*args, exclusive=exclusive)
@@ -442,19 +441,18 @@ class ResticEngine:
 
     def _backup_in_view(self, spec: ViewSpec, emit: ProgressCallback, total: tuple[int, int]) -> dict[str, Any]:
         """Run restic backup in its namespace; its JSON status lines become `Progress`; returns its summary."""
-        argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "snapport.engines.restic_view"]
-        proc = self._spawn([*argv, spec.to_json()], subprocess.PIPE)
         summary: dict[str, Any] | None = None
         errors: _list[str] = []
         injected = False
         expired = threading.Event()
+        with tempfile.TemporaryFile() as err:
+            proc = self._start([*_IN_VIEW, spec.to_json()], PIPE, err)
 
-        def expire() -> None:
-            expired.set()
-            proc.kill()
+            def expire() -> None:
+                expired.set()
+                proc.signal(signal.SIGKILL)
 
-        timer = threading.Timer(self.timeout_s, expire)  # a hung restic is killed even if it prints nothing
-        with _drained(proc) as stderr_lines:
+            timer = threading.Timer(self.timeout_s, expire)  # a hung restic is killed even if it prints nothing
             try:
                 timer.start()
                 assert proc.stdout is not None
@@ -475,17 +473,17 @@ class ResticEngine:
                     elif kind == "error":
                         errors.append(str(message.get("error", message)))
                 proc.wait()
-            except BaseException:
-                _stop(proc)  # before the stderr reader is joined: it ends when restic does
-                raise
             finally:
                 timer.cancel()
+                _stop(proc)  # after a failure here (a cancelling progress callback): restic must not run on
+            err.seek(0)
+            stderr_lines = err.read().decode(errors="replace").splitlines()[-_STDERR_LINES:]
         if expired.is_set():
             raise SystemCommandError(f"restic backup did not finish within {self.timeout_s:g} s")
         if not injected:
             inject("engine.backup")
         if proc.returncode != 0 or summary is None:
-            said = (errors or stderr_lines or ["no output"])[-1]
+            said = (errors or [line.rstrip() for line in stderr_lines] or ["no output"])[-1]
             raise SystemCommandError(f"restic backup exited {proc.returncode}: {said}")
         emit(Progress(Phase.BACKUP, total[0], total[1], total[0], total[1]))
         return summary
@@ -584,16 +582,7 @@ class ResticEngine:
             spec = ViewSpec(
                 ((str(self.repository), REPO_IN_VIEW, True), (str(target), RESTORE_IN_VIEW, False)), tuple(argv)
             )
-            view = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                sys.executable,
-                "-m",
-                "snapport.engines.restic_view",
-            ]
-            result = self._call([*view, spec.to_json()], self.timeout_s)
+            result = self._call([*_IN_VIEW, spec.to_json()], self.timeout_s)
             if result.rc != 0:
                 lines = (result.stderr or result.stdout).strip().splitlines()
                 said = [line for line in lines if "error" in line.lower()][:3] or lines[-1:] or ["no output"]
@@ -713,31 +702,7 @@ def _check_problems(check: Completed) -> list[Problem]:
     return unique or [Problem(ProblemKind.CORRUPT, "restic check", f"exited {check.rc}")]
 
 
-@contextlib.contextmanager
-def _drained(proc: subprocess.Popen[bytes]) -> Iterator[list[str]]:
-    """stderr read on a thread while stdout is followed (the last 50 lines kept)."""
-    lines: list[str] = []
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            lines.append(raw.decode(errors="replace").rstrip())
-            del lines[:-50]
-
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    try:
-        yield lines
-    finally:
-        thread.join(timeout=5.0)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Interrupt restic (it removes its lock on SIGINT), then kill it if it does not stop."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _stop(proc: Process) -> None:
+    """Interrupt restic (it removes its lock on SIGINT), then kill it if it does not stop within STOP_GRACE_S; a
+    restic that has exited already is only reaped."""
+    proc.stop(STOP_GRACE_S, first=signal.SIGINT)

@@ -11,7 +11,7 @@ import pytest
 from backports.zstd import ZstdFile
 
 from snapport.engines import ArchiveEngine
-from snapport.engines.archive import ARCHIVE_FILE
+from snapport.engines.archive.format import ARCHIVE_FILE
 from tests.conftest import Scratch, needs_tool
 from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, whole_volume
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from snapport.engines import ArchiveEngine, SetDocuments
-from snapport.engines.archive_restore import TMP_PREFIX
+from snapport.engines.archive.restore import TMP_PREFIX
 from snapport.errors import TargetNotEmpty
 from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, whole_volume
 

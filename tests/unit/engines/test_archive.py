@@ -21,8 +21,9 @@ from backports.zstd import ZstdFile, compress, decompress
 from blake3 import blake3
 
 from snapport.engines import ArchiveEngine, Phase, ProblemKind, Progress, SetDocuments
-from snapport.engines.archive import ARCHIVE_FILE, MANIFEST_FILE, SET_FILE, incomplete_sets
-from snapport.engines.archive_format import Manifest, SetRecord, digest_bytes
+from snapport.engines.archive.format import ARCHIVE_FILE, MANIFEST_FILE, SET_FILE, Manifest, SetRecord
+from snapport.engines.archive.repository import incomplete_sets
+from snapport.engines.digest import digest_bytes
 from snapport.errors import BadState, ObjectNotFound, SystemCommandError, UsageError
 from snapport.model import Component, ComponentType, FileSpec
 from tests.unit.engines.snapshot_tree import MTIME_NS, NON_UTF8, VOLUME, Snapshot, documents, make_tree, whole_volume

@@ -16,9 +16,9 @@ from backports.zstd import ZstdDecompressor, decompress
 from blake3 import blake3
 
 from snapport.engines import ArchiveEngine, Phase, Progress
-from snapport.engines import archive_format as fmt
-from snapport.engines.archive import SEGMENT, _FrameSink
-from snapport.engines.archive_format import ARCHIVE_FILE
+from snapport.engines.archive import members
+from snapport.engines.archive.format import ARCHIVE_FILE, member_name
+from snapport.engines.archive.frames import SEGMENT, FrameSink
 from snapport.engines.walk import Entry, EntryType
 from snapport.errors import UsageError
 from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, make_tree, whole_volume
@@ -28,11 +28,11 @@ pytestmark = pytest.mark.timeout(120)
 
 def tarfile_header(entry: Entry) -> bytes:
     """What `tar_header` wrote before it built headers itself: tarfile's `tobuf` for every entry."""
-    fast, fmt._plain_header = fmt._plain_header, lambda *_: None
+    fast, members._plain_header = members._plain_header, lambda *_: None
     try:
-        return fmt.tar_header(entry)
+        return members.tar_header(entry)
     finally:
-        fmt._plain_header = fast
+        members._plain_header = fast
 
 
 def test_hand_built_headers_are_byte_for_byte_what_tarfile_writes() -> None:
@@ -55,9 +55,9 @@ def test_hand_built_headers_are_byte_for_byte_what_tarfile_writes() -> None:
             mtime_ns=rng.choice(mtimes) + rng.randrange(0, 2),
             link_target=(VOLUME + "/t" * rng.randrange(0, 60)) if linked else "",
         )
-        header = fmt.tar_header(entry)
+        header = members.tar_header(entry)
         assert header == tarfile_header(entry), entry
-        name_fits = len(fmt.member_name(entry.path)) + (kind is EntryType.DIRECTORY) <= 100
+        name_fits = len(member_name(entry.path)) + (kind is EntryType.DIRECTORY) <= 100
         built += name_fits and name.isascii()
     assert built > 1000  # the fast path was taken, not only the fallback
 
@@ -154,7 +154,7 @@ def test_tar_reads_every_member_header_the_engine_writes(big_snap: Snapshot, tmp
 
 def test_adaptive_compression_steps_down_when_zstd_falls_behind_and_the_stream_stays_whole(tmp_path: Path) -> None:
     text = b"".join(b"row %d of a table with status %d\n" % (i, i % 7) for i in range(200_000))[:SEGMENT]
-    with (tmp_path / "out.zst").open("wb") as raw, _FrameSink(raw, 1, 1, blake3(), adapt=True) as sink:
+    with (tmp_path / "out.zst").open("wb") as raw, FrameSink(raw, 1, 1, blake3(), adapt=True) as sink:
         for _ in range(12):  # a copy into the buffer is far quicker than zstd on 4 MiB: frames pile up
             sink.write(text)
         sink.finish()
@@ -195,7 +195,7 @@ def test_stored_frames_are_zstd_that_zstd_gnu_tar_engine_restore_and_verify_read
 
 def test_adaptive_compression_falls_back_to_stored_frames_at_its_last_step(tmp_path: Path) -> None:
     text = b"".join(b"row %d of a table with status %d\n" % (i, i % 7) for i in range(200_000))[:SEGMENT]
-    with (tmp_path / "out.zst").open("wb") as raw, _FrameSink(raw, -20, 1, blake3(), adapt=True) as sink:
+    with (tmp_path / "out.zst").open("wb") as raw, FrameSink(raw, -20, 1, blake3(), adapt=True) as sink:
         for _ in range(24):
             sink.write(text)
         sink.finish()

@@ -13,8 +13,8 @@ import pytest
 from backports.zstd import ZstdFile
 
 from snapport.engines import ArchiveEngine, ProblemKind, SetDocuments
-from snapport.engines.archive import ARCHIVE_FILE, MANIFEST_FILE, SET_FILE
-from snapport.engines.archive_format import Manifest, SetRecord, digest_bytes
+from snapport.engines.archive.format import ARCHIVE_FILE, MANIFEST_FILE, SET_FILE, Manifest, SetRecord
+from snapport.engines.digest import digest_bytes
 from snapport.errors import BadState, PathEscape
 from snapport.faults import InjectedFault
 from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, make_tree, whole_volume

@@ -5,32 +5,63 @@ from __future__ import annotations
 import os
 import stat
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from snapport.engines import ENGINES, Engine, Phase, Progress, get_engine, select_components
-from snapport.errors import BadState, ObjectNotFound, TargetNotEmpty, UsageError
+from snapport.engines import (
+    ENGINES,
+    Capabilities,
+    Engine,
+    Phase,
+    Progress,
+    SetSummary,
+    recognise,
+    select_components,
+)
+from snapport.errors import BadState, ObjectNotFound, TargetNotEmpty
 from snapport.model import Component, ComponentType, FileSpec
 from tests.conftest import needs_root
+from tests.support.protocols import protocol_mismatches
 from tests.unit.engines.snapshot_tree import MTIME_NS, VOLUME, Snapshot, documents, make_tree
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _engine_params() -> list[object]:
-    """Every engine; one that runs in a mount namespace (`needs_root`) is slow-marked and needs root."""
-    return [
-        pytest.param(name, marks=[pytest.mark.slow, needs_root()])
-        if getattr(ENGINES[name], "needs_root", False)
-        else name
-        for name in sorted(ENGINES)
-    ]
+@dataclass(frozen=True)
+class EngineFactory:
+    """One engine the suite runs over: its test id, how to make it on a repository directory (which need not
+    exist yet), and the marks its tests need."""
+
+    id: str
+    make: Callable[[Path], Engine]
+    marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
-@pytest.fixture(params=_engine_params())
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    return get_engine(request.param, tmp_path / "repo")
+def _marks(capabilities: Capabilities) -> tuple[pytest.MarkDecorator, ...]:
+    """An engine that runs in its own mount namespace needs root, and its tests are slow."""
+    return (pytest.mark.slow, needs_root()) if capabilities.private_mount_namespace else ()
+
+
+# Every engine of the registry; an engine that wraps another (another process, a retry layer) joins with one more
+# entry, e.g. `EngineFactory("process-archive", lambda repo: Wrapper(ArchiveEngine(repo)), ())`.
+FACTORIES: list[EngineFactory] = [
+    EngineFactory(name, engine_class, _marks(engine_class.capabilities))
+    for name, engine_class in sorted(ENGINES.items())
+]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return tmp_path / "repo"
+
+
+@pytest.fixture(params=[pytest.param(f, id=f.id, marks=f.marks) for f in FACTORIES])
+def engine(request: pytest.FixtureRequest, repo: Path) -> Engine:
+    factory: EngineFactory = request.param
+    return factory.make(repo)
 
 
 @pytest.fixture
@@ -39,12 +70,48 @@ def snap(tmp_path: Path) -> Snapshot:
 
 
 def test_an_engine_satisfies_the_protocol(engine: Engine) -> None:
-    assert isinstance(engine, Engine)
+    assert protocol_mismatches(engine, Engine) == []
     assert engine.name in ENGINES
     with pytest.raises(AttributeError):
         engine.capabilities.restore = True  # type: ignore[misc]
-    with pytest.raises(UsageError, match="unknown backup engine"):
-        get_engine("tape", Path("/nonexistent"))
+
+
+class _Lopsided:
+    """An engine that `isinstance` against a runtime-checkable `Engine` would have let through."""
+
+    name = 7
+    capabilities = ENGINES["archive"].capabilities
+
+    def backup(self, documents: object, components: object, mapper: object, progress: object = None) -> object: ...
+
+    def verify(self, set_id: uuid.UUID, progress: object = ()) -> object: ...
+
+    def list(self) -> list[SetSummary]:
+        return []
+
+    def documents(self, set_id: str) -> object: ...
+
+    restore = None
+
+
+def test_the_protocol_check_finds_every_departure() -> None:
+    found = protocol_mismatches(_Lopsided(), Engine)
+    assert list(dict.fromkeys(line.partition(":")[0] for line in found)) == [
+        "name",  # not a str
+        "backup",  # a parameter renamed
+        "verify",  # another default
+        "list",  # another return type
+        "documents",  # another parameter type, another return type
+        "restore",  # not a method
+    ]
+    assert "set_id: <class 'str'>" in found[4]
+    assert protocol_mismatches(ENGINES["archive"](Path("/nonexistent")), Engine) == []
+
+
+def test_backup_is_recognised_as_its_engines_repository(engine: Engine, snap: Snapshot, repo: Path) -> None:
+    docs = documents()
+    engine.backup(docs, select_components(docs), snap.map)
+    assert recognise(repo) == engine.name
 
 
 def test_backup_verify_list(engine: Engine, snap: Snapshot) -> None:

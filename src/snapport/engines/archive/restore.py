@@ -27,24 +27,37 @@ import re
 import secrets
 import stat
 import tarfile
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from snapport.engines.archive_format import ENTRY_TYPES, Hasher, Manifest, ManifestEntry, member_name, new_hasher
-from snapport.engines.base import ComponentKey
+from backports.zstd import ZstdFile
+
+from snapport.engines.archive.format import (
+    ARCHIVE_FILE,
+    MANIFEST_FILE,
+    SET_FILE,
+    Manifest,
+    ManifestEntry,
+    Part,
+    SetRecord,
+    member_name,
+)
+from snapport.engines.archive.members import ENTRY_TYPES
+from snapport.engines.archive.progress import Meter
+from snapport.engines.archive.repository import read_file
+from snapport.engines.archive.stream import CHUNK, ForwardReader
+from snapport.engines.base import ComponentKey, Phase
+from snapport.engines.digest import digest_bytes, digest_zeros, new_hasher
 from snapport.engines.walk import EntryType
-from snapport.errors import BadState, ObjectNotFound, PathEscape, SystemCommandError, TargetNotEmpty
+from snapport.errors import BadState, ObjectNotFound, PathEscape, SystemCommandError, TargetNotEmpty, UsageError
 from snapport.faults import inject
 
 TMP_PREFIX = ".snapport-restore-"
 _TMP_NAME = re.compile(re.escape(TMP_PREFIX) + "[0-9a-f]{12}")  # TMP_PREFIX + secrets.token_hex(6)
-CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ZEROS = bytes(CHUNK)
 
 Parts = tuple[str, ...]
 
@@ -162,12 +175,6 @@ def open_dir(root_fd: int, parts: Parts) -> int:
             os.close(fd)
         fd = nxt
     return fd
-
-
-def _digest_zeros(hasher: Hasher, count: int) -> None:
-    while count > 0:
-        hasher.update(_ZEROS[: min(count, CHUNK)])
-        count -= CHUNK
 
 
 @dataclass
@@ -338,7 +345,7 @@ class Restore:
         position = 0
         first_chunk = True
         for offset, length in entry.data_map if entry.data_map is not None else ((0, entry.size),):
-            _digest_zeros(hasher, offset - position)
+            digest_zeros(hasher, offset - position)
             at, left = offset, length
             while left:
                 data = stream.read(min(CHUNK, left))
@@ -356,7 +363,7 @@ class Restore:
                 self.bytes += len(data)
                 self.tick(self.files, self.bytes, False)
             position = offset + length
-        _digest_zeros(hasher, entry.size - position)
+        digest_zeros(hasher, entry.size - position)
         os.ftruncate(fd, entry.size)  # recreates a trailing hole, and is a no-op otherwise
         if hasher.hexdigest() != entry.digest:
             raise BadState(f"{entry.path} in set {self.set_id} is damaged: its content differs from its digest")
@@ -488,5 +495,72 @@ def prepare_target(target: Path, overwrite: bool) -> tuple[int, bool]:
     return fd, made
 
 
-def elapsed(started: float) -> float:
-    return time.monotonic() - started
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What `restore_set` wrote: the components restored, non-directory entries and content bytes."""
+
+    components: tuple[ComponentKey, ...]
+    files: int
+    bytes: int
+
+
+def restore_set(
+    set_dir: Path,
+    set_id: uuid.UUID,
+    target: Path,
+    *,
+    components: Sequence[ComponentKey] | None,
+    overwrite: bool,
+    meter: Meter,
+) -> Restored:
+    """Restore the set in `set_dir` (or the chosen components) under `target`, with the module's guarantees: the
+    manifest is checked against set.json and every name in it validated before the target is touched; a failure
+    undoes what this restore created."""
+    manifest = _checked_manifest(set_dir, set_id)
+    for entry in manifest.entries:
+        target_parts(entry.path)  # every name is checked before anything is written
+        if entry.type is EntryType.HARDLINK:
+            target_parts(entry.link_target)
+    job = Restore(set_id, manifest, -1, overwrite, lambda f, b, force: None)
+    keys, members = job.chosen(components)  # an unknown component is refused before the target is touched
+    totals = (
+        sum(1 for i in members if manifest.entries[i].type is not EntryType.DIRECTORY),
+        sum(manifest.entries[i].size for i in members if manifest.entries[i].type is EntryType.FILE),
+    )
+    target_fd, made = prepare_target(Path(target), overwrite)
+    job.target_fd = target_fd
+    job.tick = lambda files, nbytes, force: meter(Phase.RESTORE, files, nbytes, totals, force=force)
+    meter(Phase.RESTORE, 0, 0, totals, force=True)
+    try:
+        with (set_dir / ARCHIVE_FILE).open("rb") as raw, ZstdFile(raw, "r") as stream:
+            forward = ForwardReader(stream)
+            tar = tarfile.open(fileobj=forward, mode="r:")  # noqa: SIM115  (closes nothing it was given)
+            job.run(members, tar, forward)
+    except BaseException as exc:
+        job.undo()
+        os.close(target_fd)
+        if made:
+            with contextlib.suppress(OSError):
+                Path(target).rmdir()
+        if isinstance(exc, (tarfile.TarError, EOFError)) or type(exc).__name__ == "ZstdError":
+            raise BadState(f"set {set_id} is damaged ({exc}); `snapport verify` names the damage") from None
+        if isinstance(exc, OSError):
+            raise SystemCommandError(f"restore of set {set_id} into {target} failed: {exc}") from exc
+        raise
+    os.close(target_fd)
+    return Restored(keys, job.files, job.bytes)
+
+
+def _checked_manifest(set_dir: Path, set_id: uuid.UUID) -> Manifest:
+    """The set's manifest, checked against its digest in set.json; `BadState` if either is damaged."""
+    try:
+        record = SetRecord.from_bytes(read_file(set_dir / SET_FILE))
+        data = read_file(set_dir / MANIFEST_FILE)
+        if Part(len(data), digest_bytes(record.digest_algorithm, data)) != record.manifest:
+            raise ValueError("the manifest differs from its digest in set.json")
+        manifest = Manifest.from_bytes(data)
+        if manifest.set_id != set_id or record.set_id != set_id:
+            raise ValueError("set.json or the manifest describe another set")
+    except (OSError, ValueError, KeyError, UsageError) as exc:
+        raise BadState(f"set {set_id} is damaged ({exc}); `snapport verify` names the damage") from None
+    return manifest
