@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,48 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trees import PlainCopy, build_tree, set_documents, whole_tree
+
 from snapport.engines import ArchiveEngine, select_components
-from snapport.model import Component, ComponentType, FileSpec
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' snapshot helpers
-from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents
-
-WORDS = ("alpha", "beta", "gamma", "delta", "select", "from", "where", "log", "request", "status")
-
-
-def _text(rng: random.Random, size: int) -> bytes:
-    vocabulary = [f"{rng.choice(WORDS)}{rng.randrange(5000)}" for _ in range(4000)]
-    out = bytearray()
-    while len(out) < size:
-        out += (" ".join(rng.choices(vocabulary, k=12)) + "\n").encode()
-    return bytes(out[:size])
-
-
-def build_tree(root: Path, mib: int) -> tuple[int, int]:
-    """Mixed files totalling about `mib` MiB; reused when already built with the same size."""
-    marker = root / ".bench-tree"
-    if marker.exists() and marker.read_text() == str(mib):
-        files = [p for p in root.rglob("*") if p.is_file() and p != marker]
-        return len(files), sum(p.stat().st_size for p in files)
-    if root.exists():
-        shutil.rmtree(root)
-    rng = random.Random(20240601)  # noqa: S311  (reproducible test data, not secrets)
-    budget = mib << 20
-    plan = [(4 << 10, 16 << 10, budget // 4), (128 << 10, 512 << 10, budget // 4), (8 << 20, 12 << 20, budget // 2)]
-    count = total = 0
-    for kind, (low, high, share) in enumerate(plan):
-        made = 0
-        while made < share:
-            size = min(rng.randrange(low, high), share - made) or 1
-            directory = root / f"kind{kind}" / f"d{count // 100:03d}"
-            directory.mkdir(parents=True, exist_ok=True)
-            data = os.urandom(size) if count % 2 else _text(rng, size)
-            (directory / f"f{count:05d}").write_bytes(data)
-            made += size
-            count += 1
-            total += size
-    marker.write_text(str(mib))
-    return count, total
 
 
 @dataclass
@@ -116,7 +75,7 @@ def main() -> None:
     tree = args.dir / "tree"
     files, content = build_tree(tree, args.mib)
     mib = content / (1 << 20)
-    snap = Snapshot(tree)
+    snap = PlainCopy(tree)
     raw_read(tree)  # warm the cache
     raw = timed(lambda: raw_read(tree), args.runs, children=True)
     results: dict[str, object] = {
@@ -125,7 +84,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "raw": {"s": round(raw.wall_s, 3), "mib_s": round(mib / raw.wall_s), "cpu_s": round(raw.cpu_s, 2)},
     }
-    component = Component(ComponentType.FILE_GROUP, "tree", files=(FileSpec(VOLUME, "", "*", recursive=True),))
+    component = whole_tree()
     for config in configs:
         level_text, _, workers_text = config.partition(":")
         level, workers = int(level_text), None if workers_text in ("", "auto") else int(workers_text)
@@ -134,7 +93,7 @@ def main() -> None:
         sets: list[uuid.UUID] = []
 
         def backup(engine: ArchiveEngine = engine, sets: list[uuid.UUID] = sets) -> None:
-            docs = documents(components=(component,))
+            docs = set_documents(component)
             engine.backup(docs, select_components(docs), snap.map)
             sets.append(docs.set_id)
 
