@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from snapport.engines.restic import ResticEngine
+from snapport.engines.restic.engine import ResticEngine
 from tests.e2e.conftest import E2E_MARKS, LabUnderTest, result_of
 
 pytestmark = [*E2E_MARKS, pytest.mark.timeout(600)]

@@ -1,9 +1,8 @@
 """Backup engines: read a set's components from an exposed snapshot into a repository, verify, list (DESIGN §2).
 
 `base` holds the `Engine` protocol and its value types, `walk` which files a component's file specs select,
-`digest` the content digests, `archive` the built-in engine (a package, one module per job), `restic` (with
-`restic_view`, its mount namespace's init) the incremental one, `registry` every engine by name and the rule that
-chooses a repository's engine. See docs/engines.md.
+`digest` the content digests, `archive` the built-in engine and `restic` the incremental one (packages, one module
+per job), `registry` every engine by name and the rule that chooses a repository's engine. See docs/engines.md.
 """
 
 from snapport.engines.archive.engine import ArchiveEngine

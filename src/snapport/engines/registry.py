@@ -7,7 +7,7 @@ from typing import Protocol
 
 from snapport.engines.archive.engine import ArchiveEngine
 from snapport.engines.base import Capabilities, Engine
-from snapport.engines.restic import ResticEngine
+from snapport.engines.restic.engine import ResticEngine
 from snapport.errors import UsageError
 
 

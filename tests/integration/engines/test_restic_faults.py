@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from snapport.engines import select_components
-from snapport.engines.restic import ResticEngine
+from snapport.engines.restic.engine import ResticEngine
 from snapport.errors import UsageError
 from snapport.model import Component, ComponentType, FileSpec
 from tests.unit.engines.snapshot_tree import documents, make_tree
@@ -25,7 +25,7 @@ CHILD = """
 import sys, uuid
 from pathlib import Path
 from snapport.engines import select_components
-from snapport.engines.restic import ResticEngine
+from snapport.engines.restic.engine import ResticEngine
 from tests.unit.engines.snapshot_tree import Snapshot, documents
 docs = documents(set_id=uuid.UUID(sys.argv[1]))
 ResticEngine(Path(sys.argv[2])).backup(docs, select_components(docs), Snapshot(Path(sys.argv[3])).map)

@@ -15,7 +15,7 @@ from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host
 from snapport.documents import load_documents
 from snapport.engines import BackupResult, SetDocuments, select_components
-from snapport.engines.restic import ResticEngine
+from snapport.engines.restic.engine import ResticEngine
 from snapport.errors import TargetNotEmpty
 from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
 

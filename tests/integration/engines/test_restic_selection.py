@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from snapport.engines import select_components
-from snapport.engines.restic import ResticEngine, _escape_pattern
+from snapport.engines.restic.engine import ResticEngine
+from snapport.engines.restic.selection import escape_pattern
 from snapport.engines.walk import select
 from snapport.model import Component, ComponentType, FileSpec
 from tests.unit.engines.snapshot_tree import NON_UTF8, VOLUME, documents, make_tree
@@ -60,6 +61,6 @@ def snapport_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_exclude_patterns_are_escaped() -> None:
-    assert _escape_pattern("/a/b[1]*?.txt") == "/a/b\\[1\\]\\*\\?.txt"
-    assert _escape_pattern("/a/$HOME") == "/a/?HOME"
-    assert _escape_pattern("/a/x\\y") == "/a/x\\\\y"
+    assert escape_pattern("/a/b[1]*?.txt") == "/a/b\\[1\\]\\*\\?.txt"
+    assert escape_pattern("/a/$HOME") == "/a/?HOME"
+    assert escape_pattern("/a/x\\y") == "/a/x\\\\y"

@@ -15,7 +15,7 @@ from snapport.engines import (
     open_repository,
     recognise,
 )
-from snapport.engines.restic import ResticEngine
+from snapport.engines.restic.engine import ResticEngine
 from snapport.errors import UsageError
 
 

@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from snapport.agent.offhost import OffhostParams, ProxyParams
-from snapport.engines.restic import _encode_tag, key_file_for
-from snapport.engines.restic_view import ViewSpec, collides
+from snapport.engines.restic.command import key_file_for
+from snapport.engines.restic.engine import encode_tag
+from snapport.engines.restic.view import ViewSpec, collides
 
 
 def test_a_view_spec_round_trips() -> None:
@@ -29,7 +30,7 @@ def test_other_paths_are_fine(path: str) -> None:
 
 
 def test_a_tag_keeps_commas_out() -> None:
-    tag = _encode_tag("snapport-component:w/Logs, old\\part")
+    tag = encode_tag("snapport-component:w/Logs, old\\part")
     assert "," not in tag and " " not in tag and tag.startswith("snapport-component:w/Logs")
 
 

@@ -1,6 +1,6 @@
 """The init of restic's private mount namespace: the exposed copies at their ORIGINAL paths, then exec restic.
 
-Run as `unshare --mount --propagation private python -m snapport.engines.restic_view SPEC_JSON` (see
+Run as `unshare --mount --propagation private python -m snapport.engines.restic.view SPEC_JSON` (see
 docs/engines.md, "restic engine"). It opens every source first (O_PATH), mounts a tmpfs on the host's /tmp (in
 this namespace only), builds a root there — each exposed volume bind-mounted read-only at its original mount
 point, /usr (restic and its libraries), /dev/null, /etc/passwd and /etc/group, and what the caller adds (the

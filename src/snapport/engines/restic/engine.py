@@ -1,7 +1,7 @@
 """The restic engine: one restic snapshot per set, taken at the ORIGINAL paths under the production host's name, so
 the next backup of the same volumes finds its parent and reads only what changed. See docs/engines.md.
 
-restic runs in a private mount namespace (`restic_view`): the exposed copies are bind-mounted read-only at their
+restic runs in a private mount namespace (`view`): the exposed copies are bind-mounted read-only at their
 original mount points, the set's documents at `/.snapport`, the repository at a fixed path. Nothing it mounts can
 outlive it. A snapshot is tagged `snapport`, `snapport-set:<uuid>`, `snapport-component:<writer-id>/<component>`
 (percent-encoded) and totals; it is written with `snapport-incomplete` and published by removing that tag, so an
@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 from snapport.documents import BCD_FILE_NAME, WRITERS_DIR_NAME, read_document, save_documents
@@ -33,7 +31,6 @@ from snapport.engines.base import (
     BackupResult,
     Capabilities,
     ComponentKey,
-    ComponentResult,
     ComponentSource,
     PathMapper,
     Phase,
@@ -46,9 +43,18 @@ from snapport.engines.base import (
     SetSummary,
     VerifyReport,
 )
-from snapport.engines.digest import default_digest_algorithm, new_hasher
-from snapport.engines.restic_view import DOCUMENTS_IN_VIEW, REPO_IN_VIEW, RESTORE_IN_VIEW, ViewSpec, collides
-from snapport.engines.walk import Entry, EntryType, Selection, path_key, select
+from snapport.engines.digest import default_digest_algorithm
+from snapport.engines.restic.command import IN_VIEW, RESTIC, Completed, Restic, stop
+from snapport.engines.restic.selection import (
+    component_results,
+    component_roots,
+    escape_pattern,
+    excludes,
+    top_roots,
+    within,
+)
+from snapport.engines.restic.view import DOCUMENTS_IN_VIEW, REPO_IN_VIEW, RESTORE_IN_VIEW, ViewSpec, collides
+from snapport.engines.walk import EntryType, path_key, select
 from snapport.errors import (
     BadState,
     DocumentError,
@@ -59,10 +65,9 @@ from snapport.errors import (
 )
 from snapport.faults import inject
 from snapport.model import BackupComponents, WriterMetadata
-from snapport.osal.runner import PIPE, Process, Runner, Stream, SubprocessRunner
+from snapport.osal.runner import PIPE, Runner
 
 ENGINE_NAME = "restic"
-RESTIC = "/usr/bin/restic"
 TAG = "snapport"
 TAG_INCOMPLETE = "snapport-incomplete"
 TAG_SET = "snapport-set:"
@@ -72,22 +77,12 @@ SET_FILE = "set.json"
 EXCLUDES_FILE = "excludes.txt"
 DEFAULT_READ_DATA_SUBSET = "10%"
 BACKUP_TIMEOUT_S = 24 * 3600.0
-COMMAND_TIMEOUT_S = 3600.0
-LOCK_WAIT_S = 1800.0  # exclusive commands (tag, check) wait this long for other backups into the repository
 MAX_DOCUMENT_BYTES = 4 << 20
-STOP_GRACE_S = 10.0  # how long an interrupted restic may take to remove its lock before it is killed
 _STDERR_LINES = 50  # what is kept of restic's stderr, for the error message
 _Nodes = list[dict[str, Any]]
-# restic runs in a private mount namespace whose init (`restic_view`) builds its view and execs it
-_IN_VIEW = ("unshare", "--mount", "--propagation", "private", sys.executable, "-m", "snapport.engines.restic_view")
 
 
-def key_file_for(repository: Path) -> Path:
-    """Where the generated password of `repository` is kept: beside it (not in it), mode 0600."""
-    return repository.parent / f".{repository.name}.restic-key"
-
-
-def _encode_tag(text: str) -> str:
+def encode_tag(text: str) -> str:
     """A tag value restic keeps whole: restic splits `--tag` on commas."""
     return quote(text, safe="/\\:._-")
 
@@ -114,27 +109,12 @@ class ResticSnapshot:
         return int(value) if value and value.isdigit() else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Completed:
-    rc: int
-    stdout: str
-    stderr: str
-
-
-def _escape_pattern(path: str) -> str:
-    """An exclude pattern matching exactly `path` (restic's filepath.Match syntax). restic trims lines, skips `#`
-    lines and expands `$VAR` in exclude files: such characters become `?` (a single-character wildcard)."""
-    escaped = "".join("\\" + c if c in "*?[]\\" else ("?" if c in "$\n\r" else c) for c in path)
-    if escaped != escaped.strip() or escaped.lstrip().startswith("#"):
-        escaped = "".join("?" if c.isspace() else c for c in escaped)
-    return escaped
-
-
 class ResticEngine:
     """The `restic` engine on the restic repository `repository` (initialised by the first backup into it).
 
     The password: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD if set, else a random key generated beside the
-    repository (`key_file_for`), mode 0600. It reaches restic through its environment only, never an argument.
+    repository (`command.key_file_for`), mode 0600. It reaches restic through its environment only, never an
+    argument.
     """
 
     name = ENGINE_NAME
@@ -156,9 +136,8 @@ class ResticEngine:
     ) -> None:
         self.repository = Path(repository).absolute()
         self.read_data_subset = read_data_subset
-        self.restic = restic
         self.timeout_s = timeout_s
-        self.runner: Runner = runner or SubprocessRunner()
+        self._restic = Restic(self.repository, restic, runner)
         self.last_summary: dict[str, Any] | None = None  # restic's JSON summary of the last backup
 
     @staticmethod
@@ -166,104 +145,18 @@ class ResticEngine:
         """Whether `directory` is a restic repository (its `config` file and `keys` directory)."""
         return (directory / "config").is_file() and (directory / "keys").is_dir()
 
-    # -- restic -------------------------------------------------------------------------------------------------
-
-    @property
-    def exists(self) -> bool:
-        return (self.repository / "config").is_file()
-
-    def _password(self, *, create: bool) -> str:
-        if os.environ.get("RESTIC_PASSWORD_FILE"):
-            try:
-                return Path(os.environ["RESTIC_PASSWORD_FILE"]).read_text().rstrip("\n")
-            except OSError as exc:
-                raise UsageError(f"RESTIC_PASSWORD_FILE is unreadable: {exc.strerror}") from None
-        if os.environ.get("RESTIC_PASSWORD"):
-            return os.environ["RESTIC_PASSWORD"]
-        key = key_file_for(self.repository)
-        if not key.exists() and create:
-            key.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        try:
-            return key.read_text().rstrip("\n")
-        except OSError:
-            raise UsageError(
-                f"no password for restic repository {self.repository}: set RESTIC_PASSWORD_FILE or keep {key}"
-            ) from None
-
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
-        env.update(RESTIC_PASSWORD=self._password(create=False), LC_ALL="C", RESTIC_PROGRESS_FPS="4")
-        return env
-
-    def _argv(self, repo: str, *args: str) -> list[str]:
-        return [self.restic, "-r", repo, "--no-cache", *args]
-
-    def _start(self, argv: Sequence[str], stdout: Stream, stderr: IO[bytes]) -> Process:
-        """restic (or its view) started in our process group, so that a Ctrl-C reaches it too (it removes its lock
-        on SIGINT), and killed by the kernel if the thread that started it dies (a SIGKILLed backup takes its
-        restic along before it writes a snapshot)."""
-        return self.runner.start(
-            argv, stdout=stdout, stderr=stderr, env=self._env(), own_group=False, die_with_parent=True
-        )
-
-    def _run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S, exclusive: bool = False) -> Completed:
-        """One restic command on the repository; a stale lock of a dead restic is removed (`restic unlock` removes
-        only locks whose process is gone or that are 30 min old) and a live one waited for, up to LOCK_WAIT_S."""
-        deadline = time.monotonic() + LOCK_WAIT_S
-        attempt = 0
-        while True:
-            result = self._call(self._argv(str(self.repository), *args), timeout_s)
-            if result.rc == 0 or "locked" not in result.stderr or time.monotonic() > deadline:
-                return result
-            self._call(self._argv(str(self.repository), "unlock"), 60.0)
-            attempt += 1
-            time.sleep(min(10.0, attempt * (0.5 if exclusive else 1.0)))
-
-    def _call(self, argv: Sequence[str], timeout_s: float) -> Completed:
-        """Run restic to its end (its output in temporary files: a listing may be large); one that outlives
-        `timeout_s`, or whose caller is interrupted, is stopped (`_stop`)."""
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = self._start(argv, out, err)
-            try:
-                rc = proc.wait(timeout_s)
-            finally:
-                _stop(proc)
-            if rc is None:
-                raise SystemCommandError(f"restic did not finish within {timeout_s:g} s: {' '.join(argv[-3:])}")
-            out.seek(0)
-            err.seek(0)
-            return Completed(rc, out.read().decode(errors="surrogateescape"), err.read().decode(errors="replace"))
-
-    def _checked(self, *args: str, exclusive: bool = False) -> str:
-        result = self._run(*args, exclusive=exclusive)
-        if result.rc != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise SystemCommandError(f"`restic {args[0]}` exited {result.rc}: {lines[-1] if lines else 'no output'}")
-        return result.stdout
+    # -- snapshots ----------------------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        if not self.exists:
+        if not self._restic.exists:
             raise ObjectNotFound(f"no restic repository at {self.repository}")
-
-    def _init(self) -> None:
-        if self.exists:
-            return
-        if self.repository.exists() and (not self.repository.is_dir() or any(self.repository.iterdir())):
-            raise UsageError(f"{self.repository} is neither empty nor a restic repository")
-        self._password(create=True)
-        self._checked("init")
 
     def snapshots(self, *, set_id: uuid.UUID | None = None) -> tuple[ResticSnapshot, ...]:
         """snapport's snapshots in the repository (complete or not), oldest first."""
         self._open()
         tag = f"{TAG_SET}{set_id}" if set_id else TAG
         found = []
-        for raw in json.loads(self._checked("snapshots", "--json", "--tag", tag) or "[]") or []:
+        for raw in json.loads(self._restic.checked("snapshots", "--json", "--tag", tag) or "[]") or []:
             tags = tuple(raw.get("tags") or ())
             set_tag = next((t.removeprefix(TAG_SET) for t in tags if t.startswith(TAG_SET)), None)
             try:
@@ -309,13 +202,13 @@ class ResticEngine:
         )
 
     def _dump(self, snap: ResticSnapshot, name: str) -> bytes:
-        result = self._run("dump", snap.id, f"{DOCUMENTS_IN_VIEW}/{name}")
+        result = self._restic.run("dump", snap.id, f"{DOCUMENTS_IN_VIEW}/{name}")
         if result.rc != 0:
             raise DocumentError(f"set {snap.set_id}: {name} cannot be read from snapshot {snap.id[:8]}")
         return result.stdout.encode(errors="surrogateescape")
 
     def _ls(self, snap: ResticSnapshot, *paths: str) -> _Nodes:
-        out = self._checked("ls", "--json", "--recursive", snap.id, *paths)
+        out = self._restic.checked("ls", "--json", "--recursive", snap.id, *paths)
         nodes = []
         for line in out.splitlines():
             with contextlib.suppress(ValueError):
@@ -362,7 +255,7 @@ class ResticEngine:
         started = time.monotonic()
         set_id = documents.set_id
         try:
-            self._init()
+            self._restic.init()
         except OSError as exc:
             raise SystemCommandError(f"cannot use {self.repository} as a restic repository: {exc}") from exc
         if any(s.complete for s in self.snapshots(set_id=set_id)):
@@ -376,11 +269,11 @@ class ResticEngine:
         for volume in volumes:
             if collides(volume):
                 raise UsageError(f"volume {volume} collides with what restic needs in its view; not backed up")
-        roots = _roots(selection, components)
+        roots = top_roots(selection, components)
         files = sum(1 for e in selection.entries if e.type is not EntryType.DIRECTORY)
         content = sum(e.size for e in selection.entries if e.type is EntryType.FILE)
         listed = sum(e.size for e in selection.entries if e.type in (EntryType.FILE, EntryType.HARDLINK))
-        results = _component_results(selection, components)
+        results = component_results(selection, components)
         with tempfile.TemporaryDirectory(prefix="snapport-restic-") as scratch:
             docs_dir = Path(scratch) / "documents"
             docs_dir.mkdir(mode=0o700)
@@ -403,14 +296,14 @@ class ResticEngine:
                         "digest": r.digest,
                         "skipped": list(r.skipped),
                     }
-                    for r, rs in zip(results, _component_roots(components, selection), strict=True)
+                    for r, rs in zip(results, component_roots(components, selection), strict=True)
                 ],
             }
             (docs_dir / SET_FILE).write_text(json.dumps(record, indent=1) + "\n")
-            (docs_dir / EXCLUDES_FILE).write_bytes(_excludes(selection, roots, mapping))
+            (docs_dir / EXCLUDES_FILE).write_bytes(excludes(selection, roots, mapping))
             tags = [TAG, TAG_INCOMPLETE, f"{TAG_SET}{set_id}", f"{TAG_FILES}{files}", f"{TAG_BYTES}{content}"]
-            tags += [_encode_tag(f"{TAG_COMPONENT}{r.writer_id}/{r.component}") for r in results]
-            argv = self._argv(REPO_IN_VIEW, "backup", "--json", "--host", host)
+            tags += [encode_tag(f"{TAG_COMPONENT}{r.writer_id}/{r.component}") for r in results]
+            argv = self._restic.argv(REPO_IN_VIEW, "backup", "--json", "--host", host)
             for tag in tags:
                 argv += ["--tag", tag]
             argv += ["--exclude-file", f"{DOCUMENTS_IN_VIEW}/{EXCLUDES_FILE}", *roots, DOCUMENTS_IN_VIEW]
@@ -422,7 +315,7 @@ class ResticEngine:
         emit(Progress(Phase.PUBLISH, files, content, files, content))
         short = str(summary.get("snapshot_id", ""))
         stored = int(summary.get("data_added", 0))
-        self._checked(
+        self._restic.checked(
             "tag", "--remove", TAG_INCOMPLETE, "--add", f"{TAG_STORED}{stored}", "--tag", f"{TAG_SET}{set_id}", short,
             exclusive=True,
         )  # fmt: skip
@@ -446,7 +339,7 @@ class ResticEngine:
         injected = False
         expired = threading.Event()
         with tempfile.TemporaryFile() as err:
-            proc = self._start([*_IN_VIEW, spec.to_json()], PIPE, err)
+            proc = self._restic.start([*IN_VIEW, spec.to_json()], PIPE, err)
 
             def expire() -> None:
                 expired.set()
@@ -475,7 +368,7 @@ class ResticEngine:
                 proc.wait()
             finally:
                 timer.cancel()
-                _stop(proc)  # after a failure here (a cancelling progress callback): restic must not run on
+                stop(proc)  # after a failure here (a cancelling progress callback): restic must not run on
             err.seek(0)
             stderr_lines = err.read().decode(errors="replace").splitlines()[-_STDERR_LINES:]
         if expired.is_set():
@@ -499,7 +392,7 @@ class ResticEngine:
         emit(Progress(Phase.VERIFY, 0, 0))
         inject("engine.verify")
         problems: _list[Problem] = []
-        check = self._run("check", f"--read-data-subset={self.read_data_subset}", exclusive=True)
+        check = self._restic.run("check", f"--read-data-subset={self.read_data_subset}", exclusive=True)
         if check.rc != 0:
             problems += _check_problems(check)
         files = nbytes = 0
@@ -524,7 +417,7 @@ class ResticEngine:
             nodes = self._ls(snap, *roots) if roots else []
         except SystemCommandError as exc:
             return [Problem(ProblemKind.CORRUPT, None, exc.message)]
-        below = [n for n in nodes if any(_within(str(n.get("path", "")), r) for r in roots)]
+        below = [n for n in nodes if any(within(str(n.get("path", "")), r) for r in roots)]
         stored = [n for n in below if n.get("type") != "dir"]
         size = sum(int(n.get("size", 0)) for n in stored if n.get("type") == "file")
         problems = []
@@ -569,20 +462,20 @@ class ResticEngine:
         emit = progress or (lambda _p: None)
         emit(Progress(Phase.RESTORE, 0, 0))
         inject("engine.restore")
-        nodes = [n for n in self._ls(snap, *roots) if any(_within(str(n.get("path", "")), r) for r in roots)]
+        nodes = [n for n in self._ls(snap, *roots) if any(within(str(n.get("path", "")), r) for r in roots)]
         stored = [n for n in nodes if n.get("type") != "dir"]
         size = sum(int(n.get("size", 0)) for n in stored if n.get("type") == "file")
         if overwrite:
             _clear_for_restore(target, stored)
         if roots:
-            argv = [self.restic, "-r", REPO_IN_VIEW, "--no-cache", "--no-lock", "restore", snap.id]
+            argv = self._restic.argv(REPO_IN_VIEW, "--no-lock", "restore", snap.id)
             argv += ["--target", RESTORE_IN_VIEW]
             for root in roots:
-                argv += ["--include", _escape_pattern(root)]
+                argv += ["--include", escape_pattern(root)]
             spec = ViewSpec(
                 ((str(self.repository), REPO_IN_VIEW, True), (str(target), RESTORE_IN_VIEW, False)), tuple(argv)
             )
-            result = self._call([*_IN_VIEW, spec.to_json()], self.timeout_s)
+            result = self._restic.call([*IN_VIEW, spec.to_json()], self.timeout_s)
             if result.rc != 0:
                 lines = (result.stderr or result.stdout).strip().splitlines()
                 said = [line for line in lines if "error" in line.lower()][:3] or lines[-1:] or ["no output"]
@@ -594,85 +487,11 @@ class ResticEngine:
         """Forget the snapshots of interrupted backups (their data goes with the next `restic prune`)."""
         stale = [s.id for s in self.snapshots() if not s.complete]
         if stale:
-            self._checked("forget", *stale, exclusive=True)
+            self._restic.checked("forget", *stale, exclusive=True)
         return tuple(stale)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _component_roots(components: Sequence[ComponentSource], selection: Selection) -> list[list[str]]:
-    """Per component: its file specs' roots that the snapshot holds."""
-    present = {e.path for e in selection.entries}
-    return [
-        sorted({s.original_path for s in c.component.all_files() if s.original_path in present}, key=path_key)
-        for c in components
-    ]
-
-
-def _roots(selection: Selection, components: Sequence[ComponentSource]) -> list[str]:
-    """What restic is given: every component root present, without those below another (restic's `paths`)."""
-    roots: list[str] = []
-    for root in sorted({r for rs in _component_roots(components, selection) for r in rs}, key=path_key):
-        if not any(_within(root, kept) for kept in roots):
-            roots.append(root)
-    return roots
-
-
-def _component_results(selection: Selection, components: Sequence[ComponentSource]) -> tuple[ComponentResult, ...]:
-    """Counts per component, and a digest of its listing (path, type, size, mode, owner, mtime, link target):
-    restic keeps its own SHA-256 of every content blob."""
-    algorithm = default_digest_algorithm()
-    results = []
-    for source, members, skipped in zip(components, selection.members, selection.skipped, strict=True):
-        hasher = new_hasher(algorithm)
-        entries = [selection.entries[i] for i in members]
-        for e in entries:
-            hasher.update(os.fsencode(_listing(e)) + b"\n")
-        stored = [e for e in entries if e.type is not EntryType.DIRECTORY]
-        results.append(
-            ComponentResult(
-                source.writer_id,
-                source.full_path,
-                len(stored),
-                sum(e.size for e in stored if e.type is EntryType.FILE),
-                hasher.hexdigest(),
-                skipped,
-            )
-        )
-    return tuple(results)
-
-
-def _listing(e: Entry) -> str:
-    return f"{e.path}\0{e.type.value}\0{e.size}\0{e.mode:o}\0{e.uid}\0{e.gid}\0{e.mtime_ns}\0{e.link_target}"
-
-
-def _excludes(selection: Selection, roots: Sequence[str], mapping: PathMapper) -> bytes:
-    """restic exclude patterns for everything below the roots that the selection leaves out (sockets, other
-    file names, excluded specs), each anchored at its full original path."""
-    selected = {e.path for e in selection.entries}
-    out: list[str] = []
-    for root in roots:
-        pending = [(root, mapping(root))]
-        while pending:
-            path, source = pending.pop()
-            if not source.is_dir() or source.is_symlink():
-                continue
-            try:
-                children = sorted(os.scandir(source), key=lambda d: d.name)
-            except OSError as exc:
-                raise SystemCommandError(f"cannot read {source} in the exposed copy: {exc.strerror}") from None
-            for child in children:
-                original = ("" if path == "/" else path) + "/" + child.name
-                if original not in selected:
-                    out.append(_escape_pattern(original))
-                elif child.is_dir(follow_symlinks=False):
-                    pending.append((original, Path(child.path)))
-    return os.fsencode("\n".join(out) + "\n") if out else b""
 
 
 def _clear_for_restore(target: Path, nodes: _Nodes) -> None:
@@ -700,9 +519,3 @@ def _check_problems(check: Completed) -> list[Problem]:
             found.append(Problem(ProblemKind.CORRUPT, "restic check", text[:500]))
     unique = list(dict.fromkeys(found))[:50]
     return unique or [Problem(ProblemKind.CORRUPT, "restic check", f"exited {check.rc}")]
-
-
-def _stop(proc: Process) -> None:
-    """Interrupt restic (it removes its lock on SIGINT), then kill it if it does not stop within STOP_GRACE_S; a
-    restic that has exited already is only reaped."""
-    proc.stop(STOP_GRACE_S, first=signal.SIGINT)
