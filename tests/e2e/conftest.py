@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from snapport.catalog import Catalog, JobState, catalog_url
+from snapport.catalog import Catalog, catalog_url
 from snapport.lab import Lab
 from snapport.lab.agents import serve_argv, wait_listening
+from snapport.model import JobState
 from snapport.osal import loop
 from snapport.osal.runner import SubprocessRunner
 from snapport.providers.reflink_array.array import Array

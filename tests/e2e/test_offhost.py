@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from snapport.agent.config import config_path, parse_config, render_config
-from snapport.catalog import JobState
 from snapport.engines import ArchiveEngine
+from snapport.model import JobState
 from tests.e2e.conftest import E2E_MARKS, LabUnderTest, result_of, wait_until
 from tests.integration.lab.conftest import snapport
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from snapport.catalog import Catalog, JobState
+from snapport.catalog import Catalog
 from snapport.errors import BadState, DoctorFound
-from snapport.model import Attr, Context, SetState, SnapshotSet
+from snapport.model import Attr, Context, JobState, SetState, SnapshotSet
 from snapport.osal import loop
 from snapport.osal.lock import holders
 from snapport.osal.runner import SubprocessRunner

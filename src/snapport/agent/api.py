@@ -13,8 +13,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from snapport.agent.certs import PeerIdentity, Role
-from snapport.catalog import JobRecord, JobState
+from snapport.catalog import JobRecord
 from snapport.errors import SnapportError
+from snapport.model import JobState
 
 API_VERSION = "v1"
 KIND_PATTERN = r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*$"

@@ -22,8 +22,8 @@ from snapport.agent.api import ErrorBody, Health, JobList, JobRequest, JobView
 from snapport.agent.certs import PeerIdentity, Role, peer_identity
 from snapport.agent.config import Address, AgentConfig, parse_address
 from snapport.agent.tls import client_context
-from snapport.catalog import JobState
 from snapport.errors import AccessDenied, AgentUnreachable, CertificateError, SnapportError
+from snapport.model import JobState
 
 M = TypeVar("M", bound=BaseModel)
 MAX_RESPONSE_BYTES = 64 << 20

@@ -27,8 +27,9 @@ from pydantic import BaseModel, JsonValue
 
 from snapport.agent.certs import PeerIdentity, Role
 from snapport.agent.log import log
-from snapport.catalog import KEEP, Catalog, JobProgress, JobRecord, JobState
+from snapport.catalog import KEEP, Catalog, JobProgress, JobRecord
 from snapport.errors import BadState, JobInterrupted, ObjectNotFound, SnapportError
+from snapport.model import JobState
 
 if TYPE_CHECKING:
     from snapport.agent.service import Agent

@@ -35,7 +35,7 @@ from snapport.agent.dispatch import PROXY_ONLY, Call, Route
 from snapport.agent.jobs import JobContext, JobKind
 from snapport.agent.log import log
 from snapport.agent.service import Agent
-from snapport.catalog import Catalog, JobRecord, JobState
+from snapport.catalog import Catalog, JobRecord
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host, run_dir
 from snapport.coordinator.reconcile import reconcile_quick
@@ -54,7 +54,7 @@ from snapport.errors import (
     all_error_classes,
 )
 from snapport.faults import inject
-from snapport.model import Attr, BackupComponents, Context, SetState, WriterMetadata
+from snapport.model import Attr, BackupComponents, Context, JobState, SetState, WriterMetadata
 from snapport.providers.registry import host_name
 
 T = TypeVar("T")

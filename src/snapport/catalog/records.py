@@ -1,29 +1,13 @@
-"""What the catalog returns besides model objects: small frozen records of events, writers, imports and leases."""
+"""What the catalog returns besides model objects: small frozen records of events, writers, imports, exposures,
+leases, sessions and jobs."""
 
 from __future__ import annotations
 
-import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from snapport.model import WriterState
-
-
-class EventKind(enum.StrEnum):
-    """The kinds of audit event the catalog itself records; callers may record others with any kind."""
-
-    SET_ADDED = "set-added"
-    SNAPSHOT_ADDED = "snapshot-added"
-    TRANSITION = "transition"
-    TRANSITION_REFUSED = "transition-refused"
-    IMPORTED = "imported"
-    EXPOSED = "exposed"
-    UNEXPOSED = "unexposed"
-    LEASE_GRANTED = "lease-granted"
-    LEASE_RELEASED = "lease-released"
-    COMPLETED = "completed"
-    COMPLETION_REFUSED = "completion-refused"
+from snapport.model import JobState, SetOrigin, WriterState
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +16,13 @@ class CatalogEvent:
 
     id: int
     at: datetime
-    kind: str
+    kind: str  # an `EventKind` value; text, since rows an older snapport wrote may carry kinds it no longer knows
     message: str
     set_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class WriterEvent:
+class WriterEventRecord:
     """One step a writer took for a set (identify, prepare, freeze, thaw, ...), with how long it took."""
 
     id: int
@@ -52,7 +36,7 @@ class WriterEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class WriterStatus:
+class WriterRecord:
     """The last known state of a writer on this host (`snapport writers`, like `vssadmin list writers`)."""
 
     writer_id: str
@@ -121,17 +105,12 @@ class Lease:
             return True
         return now_monotonic - self.renewed_monotonic > self.duration_s
 
-    def remaining_s(self, *, boot_id: str, now_monotonic: float) -> float:
-        """Seconds left before expiry (0 when expired or from another boot)."""
-        if boot_id != self.boot_id:
-            return 0.0
-        return max(0.0, self.duration_s - (now_monotonic - self.renewed_monotonic))
-
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     """What the backup session of a set needs after a restart: its backup type, its writers (as the `--writer`
-    specs that recreate them) and where its documents are; and whether BackupComplete was claimed, once."""
+    specs that recreate them), where its documents are and which flow made the set (None: `snapport create`); and
+    whether BackupComplete was claimed, once."""
 
     set_id: uuid.UUID
     backup_type: str | None
@@ -140,34 +119,11 @@ class SessionRecord:
     updated_at: datetime
     completed_at: datetime | None = None
     succeeded: bool | None = None
+    origin: SetOrigin | None = None
 
     @property
     def completed(self) -> bool:
         return self.completed_at is not None
-
-
-class JobState(enum.StrEnum):
-    """Where an agent's job is in its life: queued → running → succeeded | failed | cancelled."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-# The moves a job may make; a queued job fails without running when its agent stops.
-JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-}
 
 
 @dataclass(frozen=True, slots=True)

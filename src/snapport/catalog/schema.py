@@ -189,6 +189,7 @@ sessions = Table(
     Column("completed_at", UTCDateTime, nullable=True),
     Column("succeeded", Boolean, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("origin", String(32), nullable=True),  # revision 0003: the flow that made the set (`SetOrigin`)
 )
 
 Index("ix_leases_keeper_open", leases.c.keeper_host, leases.c.released_at)

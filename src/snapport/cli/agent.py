@@ -60,7 +60,7 @@ def init(
     """Write $SNAPPORT_HOME/agent.toml (certificates are looked for in $SNAPPORT_HOME/certs)."""
     from snapport.agent.config import AgentConfig, config_path, parse_address, render_config  # noqa: PLC0415
     from snapport.errors import ConfigError, UsageError  # noqa: PLC0415
-    from snapport.providers.registry import host_name  # noqa: PLC0415
+    from snapport.osal.host import this_host_name  # noqa: PLC0415
 
     address = parse_address(listen, any_port=True)
     peer_rows = []
@@ -74,7 +74,7 @@ def init(
         _validated(
             AgentConfig,
             {
-                "host": host or host_name(),
+                "host": host or this_host_name(),
                 "role": role,
                 "listen_host": address.host,
                 "listen_port": address.port,
@@ -233,7 +233,7 @@ async def health(client: AgentClient, as_json: bool) -> None:
 @with_client
 async def jobs(client: AgentClient, state: str | None, limit: int, as_json: bool) -> None:
     """List an agent's jobs, oldest first."""
-    from snapport.catalog import JobState  # noqa: PLC0415
+    from snapport.model import JobState  # noqa: PLC0415
 
     listing = await client.list_jobs(state=None if state is None else JobState(state), limit=limit)
     if as_json:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection, Sequence
 
 from snapport.coordinator.host import Host
-from snapport.model import Volume
+from snapport.model import EventKind, Volume
 from snapport.writers.remote import RemoteWriter, discover
 
 DISCOVERY_IDENTIFY_S = 10.0  # asking a registered writer which files it covers
@@ -24,11 +24,13 @@ def registered_writers_for(
     each stale registration (no process listening), is recorded in the set's event log."""
     found = discover(host.home, volumes, skip=skip, identify_timeout_s=min(timeout_s, DISCOVERY_IDENTIFY_S))
     for path in found.stale:
-        host.catalog.record_event(set_id, "writer-stale", f"no process listens on {path}; that writer is left out")
+        host.catalog.record_event(
+            set_id, EventKind.WRITER_STALE, f"no process listens on {path}; that writer is left out"
+        )
     for writer in found.writers:
         if writer.identity is not None:
             about = f"{writer.kind} ({writer.instance_name}), pid {writer.identity.pid} uid {writer.identity.uid}"
         else:
             about = f"at {writer.socket_path}, which could not be asked ({writer.unavailable})"
-        host.catalog.record_event(set_id, "writer-discovered", f"registered writer {about} takes part")
+        host.catalog.record_event(set_id, EventKind.WRITER_DISCOVERED, f"registered writer {about} takes part")
     return list(found.writers)

@@ -33,7 +33,7 @@ from snapport.errors import (
     UsageError,
 )
 from snapport.faults import inject
-from snapport.model import Attr, BackupComponents, BackupType, SetState, Snapshot, SnapshotSet
+from snapport.model import Attr, BackupComponents, BackupType, EventKind, SetState, Snapshot, SnapshotSet
 from snapport.model.paths import relative_to_volume
 from snapport.osal import mount as mnt
 from snapport.writers.base import Deadline, Session
@@ -431,7 +431,7 @@ def _quietly(host: Host, set_id: uuid.UUID, step: Callable[[], object]) -> None:
     try:
         step()
     except Exception as exc:
-        host.catalog.record_event(set_id, "cleanup-step-failed", str(exc))
+        host.catalog.record_event(set_id, EventKind.CLEANUP_STEP_FAILED, str(exc))
 
 
 # -- revert (VSS: RevertToSnapshot) -------------------------------------------------------------------------------
@@ -485,17 +485,17 @@ def revert(host: Host, set_id: uuid.UUID, *, volumes: Sequence[str] = ()) -> lis
                 f"{snapshot.volume.mount_point} ({device}) is mounted at {', '.join(held)}; stop what uses it, "
                 f"unmount it (umount {held[0]}), run `snapport revert {set_id}` again, then mount it back"
             )
-    catalog.record_event(set_id, "revert-started", ", ".join(s.volume.mount_point for s in chosen))
+    catalog.record_event(set_id, EventKind.REVERT_STARTED, ", ".join(s.volume.mount_point for s in chosen))
     reverted: list[RevertedVolume] = []
     for snapshot in chosen:
         try:
             host.provider(snapshot.locator.provider).revert(snapshot.locator, snapshot.volume)
         except SnapportError as exc:
             done = ", ".join(r.volume for r in reverted) or "none"
-            catalog.record_event(set_id, "revert-failed", f"{snapshot.volume.mount_point}: {exc.message}")
+            catalog.record_event(set_id, EventKind.REVERT_FAILED, f"{snapshot.volume.mount_point}: {exc.message}")
             raise type(exc)(
                 f"reverting {snapshot.volume.mount_point} failed: {exc.message} (volumes already reverted: {done})"
             ) from exc
-        catalog.record_event(set_id, "reverted", f"{snapshot.volume.mount_point} to snapshot {snapshot.id}")
+        catalog.record_event(set_id, EventKind.REVERTED, f"{snapshot.volume.mount_point} to snapshot {snapshot.id}")
         reverted.append(RevertedVolume(snapshot.volume.mount_point, snapshot.volume.device, snapshot.id))
     return reverted

@@ -25,7 +25,7 @@ from snapport.catalog import Catalog
 from snapport.coordinator.recording import record_writer
 from snapport.engines.base import ComponentKey, Engine, ProgressCallback, RestoreResult, SetDocuments
 from snapport.errors import ObjectNotFound, RestoreIncomplete, SnapportError, TargetNotEmpty, UsageError
-from snapport.model import WriterMetadata
+from snapport.model import EventKind, WriterMetadata
 from snapport.writers.base import Deadline, RestoreContext, Tier, Writer
 from snapport.writers.filesystem import FilesystemWriter
 from snapport.writers.guarded import GuardedWriter
@@ -286,7 +286,7 @@ class _Journal:
             except ObjectNotFound:
                 pass
 
-    def _record(self, kind: str, message: dict[str, object], plan: Sequence[_Planned]) -> None:
+    def _record(self, kind: EventKind, message: dict[str, object], plan: Sequence[_Planned]) -> None:
         if self.catalog is None:
             return
         message = {"target": str(self.target), **message, "writers": [_writer_report(p) for p in plan]}
@@ -300,7 +300,7 @@ class _Journal:
             record_writer(self.catalog, self.set_id, planned.writer)
 
     def failed(self, step: str, reason: str, plan: Sequence[_Planned]) -> None:
-        self._record("restore-failed", {"step": step, "error": reason}, plan)
+        self._record(EventKind.RESTORE_FAILED, {"step": step, "error": reason}, plan)
 
     def succeeded(self, outcome: RestoreOutcome, plan: Sequence[_Planned]) -> None:
         result = outcome.result
@@ -314,7 +314,7 @@ class _Journal:
         if self.catalog is not None:
             self.catalog.record_event(
                 self.set_id,
-                "restore",
+                EventKind.RESTORE,
                 json.dumps({"target": str(self.target), **message, "writers": list(outcome.writers)}, sort_keys=True),
             )
         self._record_writer_events(plan)

@@ -43,6 +43,7 @@ from snapport.model import (
     BackupComponents,
     BackupType,
     Context,
+    EventKind,
     Locator,
     SelectedComponent,
     SetState,
@@ -363,7 +364,9 @@ class BackupSession:
             w.abort(session, Deadline.after(self.options.event_timeout_s))
         record_writer(self.host.catalog, self.set_id, w)
         reason = error.message[:1000]
-        self.host.catalog.record_event(self.set_id, "writer-excluded", f"{w.name} is left out of the set: {reason}")
+        self.host.catalog.record_event(
+            self.set_id, EventKind.WRITER_EXCLUDED, f"{w.name} is left out of the set: {reason}"
+        )
         self._excluded.append(
             WriterComponents(w.writer_id, w.class_id or uuid.UUID(int=0), w.instance_name, (), reason)
         )
@@ -433,12 +436,14 @@ class BackupSession:
             try:
                 step()
             except Exception as exc:  # every step runs whatever the others did
-                self.host.catalog.record_event(self.set_id, "abort-step-failed", str(exc))
+                self.host.catalog.record_event(self.set_id, EventKind.ABORT_STEP_FAILED, str(exc))
         if _abort_snapshots(self.host, self.set_id, self._requests()):
             with contextlib.suppress(BadState):  # already final: the event log has the reason
                 self.host.catalog.transition(self.set_id, SetState.ABORTED, reason=reason)
         else:
-            self.host.catalog.record_event(self.set_id, "rollback-incomplete", f"{reason}; the next create retries")
+            self.host.catalog.record_event(
+                self.set_id, EventKind.ROLLBACK_INCOMPLETE, f"{reason}; the next create retries"
+            )
 
 
 def _all_or_first_error(items: Sequence[T], call: Callable[[T], None]) -> None:
@@ -498,7 +503,7 @@ def _abort_snapshots(host: Host, set_id: uuid.UUID, groups: Mapping[Provider, Se
         try:
             provider.abort(requests)
         except Exception as exc:
-            host.catalog.record_event(set_id, "abort-step-failed", f"provider {provider.name}: {exc}")
+            host.catalog.record_event(set_id, EventKind.ABORT_STEP_FAILED, f"provider {provider.name}: {exc}")
             complete = False
     return complete
 

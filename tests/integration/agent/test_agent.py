@@ -21,8 +21,8 @@ from snapport.agent.certs import Role
 from snapport.agent.client import AgentClient, ClientTls
 from snapport.agent.config import AgentConfig, PeerConfig
 from snapport.agent.tls import client_context
-from snapport.catalog import JobState
 from snapport.errors import AccessDenied, AgentUnreachable
+from snapport.model import JobState
 from tests.integration.agent.conftest import AgentProcess, Agents, Host, Site, cli, write_config
 
 T = TypeVar("T")

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from snapport.catalog import JobState
 from snapport.catalog.clock import boot_seconds
 from snapport.coordinator.reconcile import Depth, reconcile, reconcile_quick
 from snapport.coordinator.reconcile.leases import end_lease
 from snapport.coordinator.session import BackupSession, SessionOptions
-from snapport.model import Attr, Context, Locator, SetState, Snapshot, SnapshotSet
+from snapport.model import Attr, Context, JobState, Locator, SetState, Snapshot, SnapshotSet
 from snapport.osal import ioctl
 from snapport.providers.base import SnapshotRequest
 from snapport.providers.reflink_array import ReflinkArrayProvider

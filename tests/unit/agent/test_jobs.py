@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from snapport.agent.certs import Role
 from snapport.agent.jobs import JobContext, JobKind, JobRegistry
 from snapport.agent.testing import TEST_KINDS, SleepParams
-from snapport.catalog import JobProgress, JobState
+from snapport.catalog import JobProgress
 from snapport.errors import BadState, ObjectNotFound, WriterError
+from snapport.model import JobState
 from tests.unit.agent.conftest import MakeAgent, run
 
 

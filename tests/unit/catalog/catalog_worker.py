@@ -1,4 +1,4 @@
-"""A second (third...) process on the same catalog, for the concurrency and crash tests.
+"""A second (third...) process on the same catalog, for the concurrency, race and concurrent-open tests.
 
 Run as `python catalog_worker.py MODE URL ARGS...`. Modes that race wait for a start signal: they print `ready`,
 then block until a line arrives on stdin, so the parent can release all workers at the same instant.
@@ -113,29 +113,6 @@ def race(url: str) -> None:
                 say("won")
 
 
-def crash(url: str, snapshots: int) -> None:
-    """Write until killed: each set with all its snapshots and a large description in one transaction, each
-    acknowledged (`set ID`) only after its commit; large events in between."""
-    with Catalog.open(url) as catalog:
-        say("ready")
-        i = 0
-        while True:
-            s = new_set(snapshots, description=f"set {i} " + "d" * 32768)
-            catalog.add_set(s)
-            say(f"set {s.id}")
-            catalog.record_event("test-bulk", f"bulk {i} " + "e" * 65536, set_id=s.id)
-            catalog.record_writer_event(
-                s.id,
-                "writer-crash",
-                "freeze",
-                started_at=datetime.now(UTC),
-                duration_ms=1.0,
-                ok=False,
-                error="x" * 8192,
-            )
-            i += 1
-
-
 def open_each() -> None:
     """For each catalog URL read from stdin: open it (the first open creates it) and answer `opened BACKEND`."""
     say("ready")
@@ -220,8 +197,6 @@ def main() -> None:
         writes(url, args[0], int(args[1]), args[2])
     elif mode == "race":
         race(url)
-    elif mode == "crash":
-        crash(url, int(args[0]))
     elif mode == "open":
         open_each()
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from snapport.catalog import Catalog, EventKind
-from snapport.model import SetState
+from snapport.catalog import Catalog
+from snapport.model import EventKind, SetState
 from tests.unit.catalog.catalog_worker import new_set, outputs, release, workers
 
 ROUNDS = 100  # per process; each round is six write transactions and two reads

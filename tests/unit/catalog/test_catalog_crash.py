@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from snapport.catalog import Catalog
+from snapport.model import EventKind
 from tests.unit.catalog.catalog_worker import new_set
 
 SNAPSHOTS = 8  # per set, all written in the set's one transaction
@@ -33,7 +34,7 @@ def _write_until_killed(url: str, ack_fd: int) -> NoReturn:
                 s = new_set(SNAPSHOTS, description=f"set {i} " + "d" * 16384)
                 catalog.add_set(s)
                 os.write(ack_fd, f"set {s.id}\n".encode())
-                catalog.record_event(s.id, "test-bulk", f"bulk {i} " + "e" * 32768)
+                catalog.record_event(s.id, EventKind.HOOK_OUTPUT, f"bulk {i} " + "e" * 32768)
                 catalog.record_writer_event(
                     s.id, "w", "freeze", started_at=datetime.now(UTC), duration_ms=1.0, ok=False, error="x" * 8192
                 )

@@ -1,28 +1,19 @@
-"""The catalog's records and transitions, run on SQLite and on a throwaway PostgreSQL server started here."""
+"""The catalog's records and transitions, run on SQLite and on a throwaway PostgreSQL server (conftest.py)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from snapport.catalog import KEEP, Catalog, EventKind, JobProgress, JobState, head_revision
+from snapport.catalog import KEEP, Catalog, JobProgress, head_revision
 from snapport.catalog.engine import current_revision
 from snapport.catalog.schema import metadata
 from snapport.errors import BadState, CatalogError, LeaseExpired, MaxVolumes, ObjectNotFound, PathEscape
@@ -30,8 +21,11 @@ from snapport.model import (
     MAX_VOLUMES_PER_SET,
     Attr,
     Context,
+    EventKind,
+    JobState,
     Locator,
     LunInformation,
+    SetOrigin,
     SetState,
     Snapshot,
     SnapshotSet,
@@ -39,148 +33,9 @@ from snapport.model import (
     WriterState,
 )
 from tests.unit.catalog.catalog_worker import ask, ready, workers
+from tests.unit.catalog.postgres_server import PostgresServer
 
-# -- a throwaway PostgreSQL server --------------------------------------------------------------------------------
-
-
-class PostgresUnavailable(Exception):
-    pass
-
-
-class PostgresServer:
-    """A PostgreSQL cluster in a fresh temporary directory, listening only on a Unix socket there.
-
-    As root, the server runs as the `postgres` system user (PostgreSQL refuses to run as root); its directory is
-    made under the system temporary directory rather than pytest's, which is private to root.
-    """
-
-    def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="snapport-pg-"))
-        self.data = self.base / "data"
-        self.socket_dir = self.base / "sock"
-        self.port = _free_port()
-        self.bindir = _pg_bindir()
-        self._as: list[str] = []
-
-    def start(self) -> None:
-        if self.bindir is None:
-            raise PostgresUnavailable("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
-        if os.geteuid() == 0:
-            try:
-                user = pwd.getpwnam("postgres")
-            except KeyError:
-                raise PostgresUnavailable("running as root and there is no postgres user to run the server") from None
-            os.chown(self.base, user.pw_uid, user.pw_gid)
-            self._as = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-N")
-        self._run("mkdir", "-p", str(self.socket_dir), bin_dir=False)
-        # Durability off: this server only checks that the SQL works on PostgreSQL; SQLite's crash tests cover
-        # what fsync buys.
-        settings = {
-            "listen_addresses": "''",
-            "unix_socket_directories": f"'{self.socket_dir}'",
-            "port": str(self.port),
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "max_connections": "50",
-        }
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"), "-w", "-t", "30", "start")
-
-    def stop(self) -> None:
-        """Stop the server (by pg_ctl, else by the pid it recorded) and remove its directory."""
-        pid_file = self.data / "postmaster.pid"
-        try:
-            if pid_file.exists():
-                try:
-                    self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "20", "stop")
-                except PostgresUnavailable:
-                    _kill_postmaster(pid_file, self.data)
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def create_database(self) -> str:
-        name = f"catalog_{uuid.uuid4().hex[:12]}"
-        self._sql(f'CREATE DATABASE "{name}"')
-        return name
-
-    def drop_database(self, name: str) -> None:
-        self._sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def empty_database(self, name: str) -> None:
-        """Remove every row (a fresh database per test would cost a CREATE DATABASE each time)."""
-        with self._connect(name) as conn:
-            tables = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-                )
-            ]
-            if tables:
-                conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE".encode())
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}&port={self.port}"
-
-    def _connect(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(
-            host=str(self.socket_dir), port=self.port, user="postgres", dbname=database, autocommit=True
-        )
-
-    def _sql(self, statement: str) -> None:
-        with self._connect() as conn:
-            conn.execute(statement.encode())
-
-    def _run(self, program: str, *args: str, bin_dir: bool = True) -> None:
-        exe = str(Path(self.bindir or "") / program) if bin_dir else program
-        done = subprocess.run(
-            [*self._as, exe, *args], check=False, cwd=self.base, capture_output=True, text=True, timeout=60
-        )
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            raise PostgresUnavailable(f"{program} failed: {lines[-1] if lines else done.returncode}")
-
-
-def _pg_bindir() -> str | None:
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if Path(candidate, "initdb").exists() and Path(candidate, "pg_ctl").exists():
-            return candidate
-    initdb = shutil.which("initdb")
-    return str(Path(initdb).resolve().parent) if initdb and shutil.which("pg_ctl") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _kill_postmaster(pid_file: Path, data: Path) -> None:
-    """Last resort: SIGKILL the postmaster named in the pid file, if it is really ours (serves `data`)."""
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (OSError, ValueError, IndexError):
-        return
-    if str(data) in cmdline:
-        os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-    except (PostgresUnavailable, OSError, subprocess.TimeoutExpired) as exc:
-        server.stop()
-        pytest.skip(f"PostgreSQL could not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+# -- one catalog per test, on SQLite and on PostgreSQL ------------------------------------------------------------
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -192,16 +47,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     name = request.getfixturevalue("pg_database")
     server.empty_database(name)
     yield server.url(name)
-
-
-@pytest.fixture(scope="module")
-def pg_database(pg_server: PostgresServer) -> Iterator[str]:
-    """One database for the module's PostgreSQL runs, emptied before each test (its schema stays)."""
-    name = pg_server.create_database()
-    try:
-        yield name
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture
@@ -259,7 +104,7 @@ def created_set(catalog: Catalog, n: int = 1) -> SnapshotSet:
 
 
 def test_open_creates_the_schema_at_head(catalog: Catalog) -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
     with catalog._engine.connect() as conn:
         assert current_revision(conn) == head_revision()
 
@@ -610,6 +455,26 @@ def test_a_session_is_recorded_in_steps_and_completed_once(catalog: Catalog) -> 
         catalog.claim_completion(uuid.uuid4(), succeeded=True)
 
 
+def test_a_session_records_the_origin_of_its_set_and_sets_are_found_by_it(catalog: Catalog) -> None:
+    made_here, offhost, mining, _no_session = (created_set(catalog) for _ in range(4))  # the last has no session
+    assert catalog.record_session(made_here.id, backup_type="full").origin is None  # `snapport create`
+    first = catalog.record_session(offhost.id, backup_type="full", origin=SetOrigin.OFFHOST_BACKUP)
+    assert first.origin is SetOrigin.OFFHOST_BACKUP
+    assert catalog.record_session(offhost.id, documents_dir="/d").origin is SetOrigin.OFFHOST_BACKUP  # kept
+    catalog.record_session(mining.id, origin=SetOrigin.OFFHOST_DATA_MINING)
+    assert catalog.get_session(mining.id).origin is SetOrigin.OFFHOST_DATA_MINING
+    both = {SetOrigin.OFFHOST_BACKUP, SetOrigin.OFFHOST_DATA_MINING}
+    assert [s.id for s in catalog.sets_with_origin(both)] == [offhost.id, mining.id]  # in the order recorded
+    assert catalog.sets_with_origin([SetOrigin.OFFHOST_DATA_MINING]) == [catalog.get_set(mining.id)]
+    catalog.transition(offhost.id, SetState.EXPOSED)
+    assert [s.id for s in catalog.sets_with_origin(both, {SetState.CREATED})] == [mining.id]
+    assert [s.id for s in catalog.sets_with_origin(both, {SetState.EXPOSED})] == [offhost.id]
+    assert catalog.sets_with_origin(both, set()) == []
+    assert catalog.sets_with_origin(set()) == []
+    cleared = catalog.record_session(offhost.id, origin=None)
+    assert cleared.origin is None and catalog.sets_with_origin(both) == [catalog.get_set(mining.id)]
+
+
 def test_the_provider_fills_in_the_locator_at_commit(catalog: Catalog) -> None:
     s = snapshot_set(1)
     s = replace(s, snapshots=(replace(s.snapshots[0], locator=Locator("btrfs"), created_at=None),))
@@ -626,12 +491,24 @@ def test_the_provider_fills_in_the_locator_at_commit(catalog: Catalog) -> None:
 def test_events_can_be_recorded_and_filtered(catalog: Catalog) -> None:
     s = snapshot_set(0)
     catalog.add_set(s)
-    note = catalog.record_event(None, "doctor", "found a stale loop device\n/dev/loop3")
+    note = catalog.record_event(None, EventKind.RECONCILED, "found a stale loop device\n/dev/loop3")
     about = catalog.record_event(s.id, EventKind.TRANSITION_REFUSED, "by hand")
     assert note.message == "found a stale loop device /dev/loop3" and note.set_id is None
+    assert (note.kind, about.kind) == ("reconciled", "transition-refused")  # the stored text is the kind's value
     assert catalog.events()[-2:] == [note, about]
-    assert catalog.events(kind="doctor") == [note]
+    assert catalog.events(kind=EventKind.RECONCILED) == [note]
     assert catalog.events(s.id, kind=EventKind.TRANSITION_REFUSED) == [about]
+
+
+def test_an_event_kind_is_one_of_the_enum_and_old_rows_of_other_kinds_still_read(catalog: Catalog) -> None:
+    with pytest.raises(ValueError, match="doctor"):
+        catalog.record_event(None, "doctor", "free text is no kind")  # type: ignore[arg-type]
+    assert catalog.events() == []
+    # A row an older snapport wrote, under a kind it took from a writer process, reads back as it was stored.
+    with catalog._engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (kind, message, at) VALUES ('app-note', 'kept', :at)"), {"at": T0})
+    (old,) = catalog.events()
+    assert (old.kind, old.message, old.set_id) == ("app-note", "kept", None)
 
 
 def test_naive_datetimes_are_refused(catalog: Catalog) -> None:

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from snapport.catalog import Catalog, EventKind
+from snapport.catalog import Catalog
 from snapport.errors import BadState
-from snapport.model import INITIAL_STATES, SetState, allowed_transitions
+from snapport.model import INITIAL_STATES, EventKind, SetState, allowed_transitions
 from tests.unit.catalog.catalog_worker import new_set
 
 

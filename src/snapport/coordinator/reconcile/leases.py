@@ -9,11 +9,12 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from snapport.catalog import JobState, Lease
+from snapport.catalog import Lease
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host
 from snapport.coordinator.reconcile.report import Pass
 from snapport.errors import BadState, JobInterrupted, ObjectNotFound
+from snapport.model import JobState
 from snapport.providers.base import ENDED_STATES
 
 

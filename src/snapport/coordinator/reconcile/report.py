@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host
 from snapport.errors import SetInProgress, SnapportError
+from snapport.model import EventKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +107,10 @@ class Pass:
         except (SnapportError, OSError) as exc:
             why = exc.message if isinstance(exc, SnapportError) else str(exc)
             self.report.left.append(Finding(kind, obj, f"{detail}; repair failed: {why}"))
-            self.host.catalog.record_event(None, "reconcile-failed", f"{kind} {obj}: {why}")
+            self.host.catalog.record_event(None, EventKind.RECONCILE_FAILED, f"{kind} {obj}: {why}")
             return
         self.report.repaired.append(Repair(kind, obj, action))
-        self.host.catalog.record_event(None, "reconciled", f"{kind} {obj}: {action}")
+        self.host.catalog.record_event(None, EventKind.RECONCILED, f"{kind} {obj}: {action}")
 
 
 def _survives(still: Callable[[], bool]) -> bool:
