@@ -22,10 +22,10 @@ import pytest
 
 from snapport.documents import wmd_from_xml, wmd_to_xml
 from snapport.errors import SnapportError, WriterError
-from snapport.model import Attr, BackupType, Context, Volume
+from snapport.model import Attr, BackupType, Context, EventKind, Volume
 from snapport.osal import ioctl
 from snapport.osal import mount as mnt
-from snapport.writers.base import Deadline, RestoreContext, Session, Writer, WriterEvent, WriterState
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Writer, WriterEvent, WriterPhase
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.registry import WRITERS, writer_from_spec
 from tests.integration.databases.servers import DATABASE_KINDS, database_case, database_filesystem
@@ -237,6 +237,8 @@ def test_identify_is_stateless_and_describes_files_on_the_sets_volumes(case: Cas
         case.kind,
         case.writer.instance_name,
     )
+    # Every writer declares its class id, known before identify, and identify reports that one.
+    assert isinstance(case.writer.class_id, uuid.UUID) and first.class_id == case.writer.class_id
     assert writer_from_spec(case.spec, [case.volume], HOST).writer_id == case.writer.writer_id  # stable id
     assert first.components
     specs = [spec for component in first.components for spec in component.all_files()]
@@ -252,29 +254,29 @@ def test_the_full_sequence_succeeds_within_its_deadlines(case: Case) -> None:
     session = case.session()
     metadata = guarded.identify(Deadline.after(EVENT_S))
     components = tuple(c.full_path for c in metadata.components)
-    steps: list[tuple[WriterEvent, Callable[[Deadline], object], WriterState]] = [
-        (WriterEvent.PREPARE_BACKUP, lambda d: guarded.prepare_backup(session, components, d), WriterState.STABLE),
-        (WriterEvent.PREPARE_SNAPSHOT, lambda d: guarded.prepare_snapshot(session, d), WriterState.WAITING_FOR_FREEZE),
-        (WriterEvent.FREEZE, lambda d: guarded.freeze(session, d), WriterState.FROZEN),
-        (WriterEvent.THAW, lambda d: guarded.thaw(session, d), WriterState.WAITING_FOR_BACKUP_COMPLETE),
+    steps: list[tuple[WriterEvent, Callable[[Deadline], object], WriterPhase]] = [
+        (WriterEvent.PREPARE_BACKUP, lambda d: guarded.prepare_backup(session, components, d), WriterPhase.STABLE),
+        (WriterEvent.PREPARE_SNAPSHOT, lambda d: guarded.prepare_snapshot(session, d), WriterPhase.WAITING_FOR_FREEZE),
+        (WriterEvent.FREEZE, lambda d: guarded.freeze(session, d), WriterPhase.FROZEN),
+        (WriterEvent.THAW, lambda d: guarded.thaw(session, d), WriterPhase.WAITING_FOR_BACKUP_COMPLETE),
         (
             WriterEvent.POST_SNAPSHOT,
             lambda d: guarded.post_snapshot(session, d),
-            WriterState.WAITING_FOR_BACKUP_COMPLETE,
+            WriterPhase.WAITING_FOR_BACKUP_COMPLETE,
         ),
         (
             WriterEvent.BACKUP_COMPLETE,
             lambda d: guarded.backup_complete(session, dict.fromkeys(components, True), d),
-            WriterState.STABLE,
+            WriterPhase.STABLE,
         ),
-        (WriterEvent.BACKUP_SHUTDOWN, lambda d: guarded.backup_shutdown(session, d), WriterState.STABLE),
+        (WriterEvent.BACKUP_SHUTDOWN, lambda d: guarded.backup_shutdown(session, d), WriterPhase.STABLE),
     ]
     private: object = None
     for event, step, state in steps:
         result = step(Deadline.after(EVENT_S))
         if event is WriterEvent.POST_SNAPSHOT:
             private = result
-        assert guarded.status.state is state, event
+        assert guarded.status.phase is state, event
     assert isinstance(private, dict)
     assert set(private) <= set(components)
     assert [r.event for r in guarded.records] == [WriterEvent.IDENTIFY] + [e for e, _, _ in steps]
@@ -282,6 +284,12 @@ def test_the_full_sequence_succeeds_within_its_deadlines(case: Case) -> None:
     status = guarded.status
     assert status.failed_at is None and status.last_error is None
     assert status.last_freeze_ms is not None and 0 < status.last_freeze_ms < EVENT_S * 1000
+    # What the writer asked to log: lines of the one event-kind enum, each handed over once (a hook: one per run).
+    log = guarded.take_event_log()
+    assert all(isinstance(e, LogEntry) and isinstance(e.kind, EventKind) and e.message for e in log)
+    if case.kind == "hook":
+        assert log and {e.kind for e in log} == {EventKind.HOOK_OUTPUT}
+    assert guarded.take_event_log() == []
     assert _completes(case.probe())
 
 
@@ -340,17 +348,17 @@ def test_guarded_writer_marks_a_failed_freeze(case: Case) -> None:
         guarded.freeze(session, Deadline.after(2))
     assert f"writer {case.kind} ({case.writer.instance_name})" in caught.value.message
     status = guarded.status
-    assert (status.state, status.failed_at, status.last_error) == (
-        WriterState.FAILED,
+    assert (status.phase, status.failed_at, status.last_error) == (
+        WriterPhase.FAILED,
         WriterEvent.FREEZE,
         caught.value.message,
     )
     assert guarded.records[-1].event is WriterEvent.FREEZE and not guarded.records[-1].ok
     guarded.abort(session, Deadline.after(EVENT_S))
-    assert guarded.status.state is WriterState.FAILED  # kept for `snapport writers` until the next backup
+    assert guarded.status.phase is WriterPhase.FAILED  # kept for `snapport writers` until the next backup
     assert _completes(case.probe())
     guarded.prepare_backup(case.session(), (), Deadline.after(EVENT_S))
-    assert guarded.status.state is WriterState.STABLE and guarded.status.failed_at is None
+    assert guarded.status.phase is WriterPhase.STABLE and guarded.status.failed_at is None
 
 
 def test_restore_events_take_a_restore_context_and_leave_the_live_files_alone(case: Case, tmp_path: Path) -> None:
@@ -366,6 +374,6 @@ def test_restore_events_take_a_restore_context_and_leave_the_live_files_alone(ca
         (WriterEvent.PRE_RESTORE, True),
         (WriterEvent.POST_RESTORE, True),
     ]
-    assert guarded.status.state is WriterState.STABLE
+    assert guarded.status.phase is WriterPhase.STABLE
     assert list(target.iterdir()) == []
     assert _completes(case.probe())

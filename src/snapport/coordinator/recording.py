@@ -11,10 +11,8 @@ from snapport.writers.guarded import GuardedWriter
 def record_writer(catalog: Catalog, set_id: uuid.UUID, writer: GuardedWriter) -> None:
     """Flush the writer's new event records, the lines it asked to log (a hook's output) and its current status
     to the catalog."""
-    take_log = getattr(writer.inner, "take_event_log", None)
-    if callable(take_log):
-        for entry in take_log():
-            catalog.record_event(set_id, entry.kind, entry.message)
+    for entry in writer.take_event_log():
+        catalog.record_event(set_id, entry.kind, entry.message)
     for record in writer.take_records():
         catalog.record_writer_event(
             set_id,

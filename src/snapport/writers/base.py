@@ -10,7 +10,8 @@ only after the backup host reported success, and never for a failed set; on a `c
 truncate or purge anything. `backup_shutdown` ends the session whatever happened. `pre_restore` comes before any
 file of a restore is written and may veto it (nothing is written then); `post_restore` comes after every file is in
 place, and prepares what the application needs to start on them. Both may come in a process that never saw the
-backup (on another host): what they need comes with the `RestoreContext`.
+backup (on another host): what they need comes with the `RestoreContext`. `class_id` is known before `identify`;
+`take_event_log` hands over, once each, the lines a writer wants in the set's event log.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
 from snapport.errors import PathEscape
-from snapport.model import Attr, BackupType, Context, Volume, WriterMetadata
-from snapport.model import WriterState as ReportedState
+from snapport.model import Attr, BackupType, Context, EventKind, Volume, WriterMetadata, WriterState
 
 
 class WriterEvent(enum.Enum):
@@ -42,8 +42,10 @@ class WriterEvent(enum.Enum):
     POST_RESTORE = "post-restore"
 
 
-class WriterState(enum.Enum):
-    """VSS_WRITER_STATE, folded to what `snapport writers` shows."""
+class WriterPhase(enum.Enum):
+    """Where a writer is in the backup sequence, as `GuardedWriter` follows it: VSS_WRITER_STATE folded to five
+    phases (a failure's event is kept beside it, in `WriterStatus.failed_at`; `WriterStatus.reported_state` unfolds
+    the two into the `WriterState` that `snapport writers` and the catalog show)."""
 
     STABLE = "stable"
     WAITING_FOR_FREEZE = "waiting-for-freeze"
@@ -128,35 +130,62 @@ class RestoreContext:
 
 @dataclass(frozen=True, slots=True)
 class WriterStatus:
+    """A guarded writer's live status: its phase, and what its last failure and freeze were."""
+
     writer_id: uuid.UUID
     name: str
     instance_name: str
-    state: WriterState
+    phase: WriterPhase
     last_error: str | None = None
     failed_at: WriterEvent | None = None
     last_freeze_ms: float | None = None
 
     @property
-    def reported_state(self) -> ReportedState:
+    def reported_state(self) -> WriterState:
         """The state as `snapport writers` and the catalog spell it (VSS's `failed-at-<event>` included)."""
-        if self.state is WriterState.FAILED:
+        if self.phase is WriterPhase.FAILED:
             event = self.failed_at.value if self.failed_at is not None else "identify"
-            return ReportedState(f"failed-at-{event}")
-        return ReportedState(self.state.value)
+            return WriterState(f"failed-at-{event}")
+        return WriterState(self.phase.value)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A line a writer asks to be kept in the catalog's event log of the set (e.g. a hook's output)."""
+
+    kind: EventKind
+    message: str
 
 
 @runtime_checkable
 class Writer(Protocol):
-    # `kind` and `tier` are class constants in every implementation; the protocol reads them as properties so
-    # that a wrapper (`writers.guarded.GuardedWriter`) can delegate them to the writer it wraps.
+    """A writer. Implementations subclass it (so mypy checks them against it where they are defined, and they
+    inherit the default `take_event_log`); a structural match works too, if it defines every member."""
+
+    # `kind`, `tier` and `class_id` are class constants in every in-process implementation; the protocol reads them
+    # as properties so that a wrapper (`writers.guarded.GuardedWriter`) or a proxy (`writers.remote.RemoteWriter`,
+    # which learns them from its writer process) can answer for the writer behind it.
     @property
     def kind(self) -> str: ...
 
     @property
     def tier(self) -> Tier: ...
 
+    @property
+    def class_id(self) -> uuid.UUID | None:
+        """The kind of writer (VSS: its writer class id), the one `identify` reports, known before it: every
+        in-process writer declares one. None only from a writer process that did not say (or was not reached)."""
+        ...
+
     writer_id: uuid.UUID
     instance_name: str
+
+    def take_event_log(self) -> list[LogEntry]:
+        """The lines for the set's event log since the last call, each handed over once (a hook's output).
+
+        Default: none. Called from any thread, between events or during one.
+        """
+        return []
 
     def identify(self, deadline: Deadline) -> WriterMetadata: ...
 

@@ -29,7 +29,7 @@ from snapport.model import (
 from snapport.osal import ioctl
 from snapport.osal.freeze_guard import FreezeGuard
 from snapport.osal.runner import Runner, SubprocessRunner
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier, Writer
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.filesystem")
 
@@ -39,7 +39,7 @@ def filesystem_writer_id(host: str, mount_point: str) -> uuid.UUID:
     return uuid.uuid5(CLASS_ID, f"{host}:{mount_point}")
 
 
-class FilesystemWriter:
+class FilesystemWriter(Writer):
     """Freezes the filesystem mounted at `volume.mount_point` (VSS: the volume flush-and-hold, as a writer)."""
 
     kind: ClassVar[str] = "filesystem"

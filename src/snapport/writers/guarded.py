@@ -26,26 +26,27 @@ from snapport.faults import inject
 from snapport.model import WriterMetadata
 from snapport.writers.base import (
     Deadline,
+    LogEntry,
     RestoreContext,
     Session,
     Tier,
     Writer,
     WriterEvent,
-    WriterState,
+    WriterPhase,
     WriterStatus,
 )
 
 T = TypeVar("T")
 
-# The state a successful event leads to (VSS_WRITER_STATE, folded as `WriterState` says); absent: unchanged.
-_NEXT_STATE: dict[WriterEvent, WriterState] = {
-    WriterEvent.PREPARE_BACKUP: WriterState.STABLE,
-    WriterEvent.PREPARE_SNAPSHOT: WriterState.WAITING_FOR_FREEZE,
-    WriterEvent.FREEZE: WriterState.FROZEN,
-    WriterEvent.POST_SNAPSHOT: WriterState.WAITING_FOR_BACKUP_COMPLETE,
-    WriterEvent.ABORT: WriterState.STABLE,
-    WriterEvent.BACKUP_COMPLETE: WriterState.STABLE,
-    WriterEvent.BACKUP_SHUTDOWN: WriterState.STABLE,
+# The phase a successful event leads to (VSS_WRITER_STATE, folded as `WriterPhase` says); absent: unchanged.
+_NEXT_PHASE: dict[WriterEvent, WriterPhase] = {
+    WriterEvent.PREPARE_BACKUP: WriterPhase.STABLE,
+    WriterEvent.PREPARE_SNAPSHOT: WriterPhase.WAITING_FOR_FREEZE,
+    WriterEvent.FREEZE: WriterPhase.FROZEN,
+    WriterEvent.POST_SNAPSHOT: WriterPhase.WAITING_FOR_BACKUP_COMPLETE,
+    WriterEvent.ABORT: WriterPhase.STABLE,
+    WriterEvent.BACKUP_COMPLETE: WriterPhase.STABLE,
+    WriterEvent.BACKUP_SHUTDOWN: WriterPhase.STABLE,
 }
 
 
@@ -61,8 +62,8 @@ class EventRecord:
     error: str | None = None
 
 
-class GuardedWriter:
-    """Wraps a `Writer`, and is one: same kind, tier, id and instance name."""
+class GuardedWriter(Writer):
+    """Wraps a `Writer`, and is one: same kind, tier, class id, id, instance name and event log."""
 
     def __init__(self, writer: Writer, *, on_record: Callable[[EventRecord], None] | None = None) -> None:
         self._writer = writer
@@ -73,7 +74,7 @@ class GuardedWriter:
         self._records: list[EventRecord] = []
         self._taken = 0
         self._identified_class_id: uuid.UUID | None = None
-        self._state = WriterState.STABLE
+        self._phase = WriterPhase.STABLE
         self._last_error: str | None = None
         self._failed_at: WriterEvent | None = None
         self._last_freeze_ms: float | None = None
@@ -102,7 +103,7 @@ class GuardedWriter:
                 writer_id=self.writer_id,
                 name=self.kind,
                 instance_name=self.instance_name,
-                state=self._state,
+                phase=self._phase,
                 last_error=self._last_error,
                 failed_at=self._failed_at,
                 last_freeze_ms=self._last_freeze_ms,
@@ -110,9 +111,13 @@ class GuardedWriter:
 
     @property
     def class_id(self) -> uuid.UUID | None:
-        """The writer's class id: its `class_id` class constant if it has one, else what `identify` said."""
-        declared = getattr(self._writer, "class_id", None)
-        return declared if isinstance(declared, uuid.UUID) else self._identified_class_id
+        """The writer's class id: the one it declares, else (a writer process that did not say) what `identify`
+        said."""
+        declared = self._writer.class_id
+        return declared if declared is not None else self._identified_class_id
+
+    def take_event_log(self) -> list[LogEntry]:
+        return self._writer.take_event_log()
 
     @property
     def records(self) -> tuple[EventRecord, ...]:
@@ -201,14 +206,14 @@ class GuardedWriter:
         )
         with self._lock:
             self._records.append(record)
-            self._update_state(event, started, ended, error)
+            self._update_phase(event, started, ended, error)
         if self._on_record is not None:
             self._on_record(record)
         if error is not None:
             raise error from cause
         return result[0]
 
-    def _update_state(self, event: WriterEvent, started: float, ended: float, error: SnapportError | None) -> None:
+    def _update_phase(self, event: WriterEvent, started: float, ended: float, error: SnapportError | None) -> None:
         """Move the status after `event` (call with the lock held)."""
         if event is WriterEvent.FREEZE:
             self._freeze_started = started
@@ -216,17 +221,17 @@ class GuardedWriter:
             self._last_freeze_ms = (ended - self._freeze_started) * 1000  # from freeze asked to thaw done
             self._freeze_started = None
         if error is not None:
-            self._state, self._failed_at, self._last_error = WriterState.FAILED, event, error.message
+            self._phase, self._failed_at, self._last_error = WriterPhase.FAILED, event, error.message
             return
         if event is WriterEvent.PREPARE_BACKUP:  # a new backup clears an earlier failure
             self._failed_at = self._last_error = None
-        elif self._state is WriterState.FAILED:
+        elif self._phase is WriterPhase.FAILED:
             return  # sticks until then, so `snapport writers` shows it
         if event is WriterEvent.THAW:
-            if self._state is WriterState.FROZEN:
-                self._state = WriterState.WAITING_FOR_BACKUP_COMPLETE
-        elif event in _NEXT_STATE:
-            self._state = _NEXT_STATE[event]
+            if self._phase is WriterPhase.FROZEN:
+                self._phase = WriterPhase.WAITING_FOR_BACKUP_COMPLETE
+        elif event in _NEXT_PHASE:
+            self._phase = _NEXT_PHASE[event]
 
     def __repr__(self) -> str:
         return f"GuardedWriter({self._writer!r})"

@@ -30,6 +30,7 @@ from snapport.model import (
     BackupSchema,
     Component,
     ComponentType,
+    EventKind,
     FileSpec,
     RestoreMethod,
     RestoreMethodSpec,
@@ -39,8 +40,7 @@ from snapport.model import (
 )
 from snapport.model.paths import relative_to_volume
 from snapport.osal.runner import DEVNULL, PIPE, Runner, SubprocessRunner
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier, WriterEvent
-from snapport.writers.protocol import LogEntry
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Tier, Writer, WriterEvent
 from snapport.writers.sqlite import volume_holding
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.hook")
@@ -48,7 +48,7 @@ OUTPUT_TAIL_BYTES = 4096  # of each stream, kept in the catalog
 KILL_MARGIN_S = 0.2  # the script is killed this long before the deadline, so the hook's own error arrives in time
 LINGER_S = 0.5  # how long to keep reading after the script exited (something it started may hold its output)
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LOG_KIND = "hook-output"
+LOG_KIND = EventKind.HOOK_OUTPUT
 
 
 def hook_writer_id(host: str, script: Path) -> uuid.UUID:
@@ -161,7 +161,7 @@ def _last_line(data: bytes) -> str:
     return lines[-1][:500] if lines else "it wrote nothing on stderr"
 
 
-class HookWriter:
+class HookWriter(Writer):
     """A user's script as a writer: one run per event, bounded by the event's deadline."""
 
     kind: ClassVar[str] = "hook"

@@ -37,7 +37,7 @@ from snapport.model import (
     Volume,
     WriterMetadata,
 )
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier, Writer
 from snapport.writers.database_support import (
     decode_metadata,
     encode_metadata,
@@ -104,7 +104,7 @@ def mariadb_writer_id(host: str, socket: Path) -> uuid.UUID:
     return uuid.uuid5(CLASS_ID, f"{host}:{socket}")
 
 
-class MariadbWriter:
+class MariadbWriter(Writer):
     """Makes one MariaDB server consistent for a snapshot by blocking commits on a held connection."""
 
     kind: ClassVar[str] = "mariadb"

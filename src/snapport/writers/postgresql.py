@@ -35,7 +35,7 @@ from snapport.model import (
     Volume,
     WriterMetadata,
 )
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier, Writer
 from snapport.writers.database_support import (
     decode_metadata,
     encode_metadata,
@@ -133,7 +133,7 @@ def postgresql_writer_id(host: str, data_dir: Path) -> uuid.UUID:
     return uuid.uuid5(CLASS_ID, f"{host}:{data_dir}")
 
 
-class PostgresqlWriter:
+class PostgresqlWriter(Writer):
     """Makes one PostgreSQL cluster (15 or later) restorable from a snapshot set; see the module docstring."""
 
     kind: ClassVar[str] = "postgresql"

@@ -29,6 +29,7 @@ from snapport.model import (
     Component,
     ComponentType,
     Context,
+    EventKind,
     FileSpec,
     RestoreMethod,
     RestoreMethodSpec,
@@ -38,7 +39,7 @@ from snapport.model import (
     WriterRestore,
 )
 from snapport.model.export import to_jsonable
-from snapport.writers.base import RestoreContext, Session
+from snapport.writers.base import LogEntry, RestoreContext, Session
 
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
@@ -54,14 +55,6 @@ _SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), its terminating NUL include
 
 def protocol_error(message: str) -> WriterError:
     return WriterError(f"protocol error: {message}")
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """A line a writer asks to be kept in the catalog's event log of the set (e.g. a hook's output)."""
-
-    kind: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,8 +385,20 @@ def check_reply(reply: dict[str, Any], expected_id: int) -> Fields:
 
 
 def log_entries(reply: Fields) -> list[LogEntry]:
+    """A reply's lines for the set's event log. A kind this snapport does not know (a newer or foreign writer
+    process's) is kept as `writer-log`, the message prefixed with it: nothing a writer said is lost, and the
+    catalog records only kinds of the one enum."""
     entries = []
     for item in reply.items("log"):
         entry = Fields(item, "log entry")
-        entries.append(LogEntry(entry.text("kind"), entry.text("message")))
+        kind, message = entry.text("kind"), entry.text("message")
+        try:
+            entries.append(LogEntry(EventKind(kind), message))
+        except ValueError:
+            entries.append(LogEntry(EventKind.WRITER_LOG, f"{kind}: {message}"))
     return entries
+
+
+def log_json(entries: list[LogEntry]) -> list[dict[str, str]]:
+    """The `log` field of a reply, as `log_entries` reads it."""
+    return [{"kind": entry.kind.value, "message": entry.message} for entry in entries]

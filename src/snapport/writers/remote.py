@@ -23,7 +23,7 @@ from typing import Any
 
 from snapport.errors import FreezeTimeout, SnapportError, UsageError, WriterError
 from snapport.model import Volume, WriterMetadata
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier, WriterEvent
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Tier, Writer, WriterEvent
 from snapport.writers.protocol import (
     HELLO,
     REGISTRY_DIR_NAME,
@@ -32,7 +32,6 @@ from snapport.writers.protocol import (
     SUPPORTED_VERSIONS,
     Fields,
     LineReader,
-    LogEntry,
     check_reply,
     converting,
     decode,
@@ -139,7 +138,7 @@ def _identity(reply: Fields) -> Identity:
         )
 
 
-class RemoteWriter:
+class RemoteWriter(Writer):
     """A `Writer` whose events go to a writer process over its registered socket.
 
     Constructing one connects and says hello; if that fails, `unavailable` says why (and `stale` whether no

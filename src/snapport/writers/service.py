@@ -40,6 +40,7 @@ from snapport.writers.protocol import (
     common_version,
     decode,
     encode,
+    log_json,
     metadata_to_json,
     peer_cred,
     protocol_error,
@@ -177,7 +178,7 @@ class WriterService:
 
     def identity(self, offered: Collection[object] | None = None) -> dict[str, Any]:
         """The `hello` reply; `protocol` is the highest version both sides speak (given the peer's `offered`)."""
-        class_id = getattr(self.writer, "class_id", None)
+        class_id = self.writer.class_id
         with self._state:
             frozen = self._frozen is not None
         return {
@@ -186,7 +187,7 @@ class WriterService:
             "kind": self.writer.kind,
             "tier": self.writer.tier.name.lower(),
             "writer_id": str(self.writer.writer_id),
-            "class_id": str(class_id) if isinstance(class_id, uuid.UUID) else None,
+            "class_id": str(class_id) if class_id is not None else None,
             "instance_name": self.writer.instance_name,
             "pid": os.getpid(),
             "uid": os.geteuid(),
@@ -318,11 +319,9 @@ class WriterService:
             reply = {"id": request.id, "ok": False, "error": f"{type(exc).__name__}: {exc}", "code": "INTERNAL"}
         else:
             reply = {"id": request.id, "ok": True, **result}
-        take_log = getattr(self.writer, "take_event_log", None)
-        if callable(take_log):
-            entries = take_log()
-            if entries:
-                reply["log"] = [{"kind": e.kind, "message": e.message} for e in entries]
+        entries = self.writer.take_event_log()
+        if entries:
+            reply["log"] = log_json(entries)
         return reply
 
     def _dispatch(self, conn: _Connection, request: _Request) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from snapport.model import (
 )
 from snapport.model.paths import relative_to_volume
 from snapport.osal.mount import containing_mount
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier
+from snapport.writers.base import Deadline, RestoreContext, Session, Tier, Writer
 from snapport.writers.watchdog import FreezeWindowWatchdog
 
 CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "snapport.writers.sqlite")
@@ -176,7 +176,7 @@ class _Database:
         )
 
 
-class SqliteWriter:
+class SqliteWriter(Writer):
     """Makes one or more SQLite databases consistent for a snapshot by holding their write locks."""
 
     kind: ClassVar[str] = "sqlite"

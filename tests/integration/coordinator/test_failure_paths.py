@@ -36,7 +36,7 @@ from snapport.osal import ioctl
 from snapport.providers.base import Provider, ProviderHost, SnapshotRequest
 from snapport.providers.reflink_array import ReflinkArrayProvider
 from snapport.providers.registry import provider_for
-from snapport.writers.base import Deadline, Session, Tier
+from snapport.writers.base import Deadline, LogEntry, Session, Tier
 from snapport.writers.registry import writer_from_spec
 from tests.integration.coordinator.conftest import ArrayWorld
 
@@ -208,6 +208,9 @@ class FailingWriter:
 
     def post_restore(self, components: tuple[str, ...], deadline: Deadline) -> None:
         self.events.append("post-restore")
+
+    def take_event_log(self) -> list[LogEntry]:
+        return []
 
 
 class CommitWrapper:

@@ -15,7 +15,7 @@ import pytest
 from snapport.errors import FreezeTimeout, WriterError
 from snapport.model import Attr, BackupType, Context, Volume
 from snapport.osal import ioctl
-from snapport.writers.base import Deadline, Session, WriterEvent, WriterState
+from snapport.writers.base import Deadline, Session, WriterEvent, WriterPhase
 from snapport.writers.filesystem import FilesystemWriter
 from snapport.writers.guarded import GuardedWriter
 from tests.conftest import Scratch, needs_tool
@@ -184,7 +184,7 @@ def test_the_guard_thaws_on_its_own_timeout_and_thaw_reports_it(
     assert not _blocked(pending, 10)
     with pytest.raises(WriterError, match=r"thawed before thaw was asked \(timeout, freeze window 1 s\)"):
         writer.thaw(session, Deadline.after(10))
-    assert (writer.status.state, writer.status.failed_at) == (WriterState.FAILED, WriterEvent.THAW)
+    assert (writer.status.phase, writer.status.failed_at) == (WriterPhase.FAILED, WriterEvent.THAW)
     writer.abort(session, Deadline.after(10))
     assert not _blocked(procs.write(fs.mount_point / "probe2"), 10)
 

@@ -12,8 +12,8 @@ from typing import ClassVar
 import pytest
 
 from snapport.errors import FreezeTimeout, WriterError
-from snapport.model import Attr, BackupType, Context, Volume, WriterMetadata
-from snapport.writers.base import Deadline, Session, Tier, Writer, WriterEvent, WriterState
+from snapport.model import Attr, BackupType, Context, EventKind, Volume, WriterMetadata
+from snapport.writers.base import Deadline, LogEntry, Session, Tier, Writer, WriterEvent, WriterPhase
 from snapport.writers.guarded import EventRecord, GuardedWriter
 
 SESSION = Session(
@@ -22,11 +22,12 @@ SESSION = Session(
 CLASS_ID = uuid.uuid4()
 
 
-class FakeWriter:
+class FakeWriter(Writer):
     """Does nothing, unless told to hang in or raise from one event."""
 
     kind: ClassVar[str] = "fake"
     tier: ClassVar[Tier] = Tier.APPLICATION
+    class_id: uuid.UUID | None = CLASS_ID  # a test may clear it: a writer process that did not say
 
     def __init__(self) -> None:
         self.writer_id = uuid.uuid4()
@@ -100,31 +101,52 @@ def test_it_is_a_writer_and_delegates_its_identity(fake: FakeWriter) -> None:
         "inst",
     )
     assert guarded.inner is fake
+    assert guarded.class_id == CLASS_ID  # declared: known before identify
+    assert guarded.take_event_log() == []  # the protocol's default: nothing to log
+
+
+def test_a_class_id_the_writer_did_not_declare_comes_from_identify(fake: FakeWriter) -> None:
+    fake.class_id = None
+    guarded = GuardedWriter(fake)
     assert guarded.class_id is None
     guarded.identify(_d())
     assert guarded.class_id == CLASS_ID
 
 
+def test_the_event_log_is_the_writers_own_handed_over_once(fake: FakeWriter) -> None:
+    lines = [LogEntry(EventKind.HOOK_OUTPUT, "one"), LogEntry(EventKind.HOOK_OUTPUT, "two")]
+
+    def take() -> list[LogEntry]:
+        taken = list(lines)
+        lines.clear()
+        return taken
+
+    fake.take_event_log = take  # type: ignore[method-assign]
+    guarded = GuardedWriter(fake)
+    assert [e.message for e in guarded.take_event_log()] == ["one", "two"]
+    assert guarded.take_event_log() == []
+
+
 def test_states_follow_the_backup_sequence(fake: FakeWriter) -> None:
     guarded = GuardedWriter(fake)
-    assert guarded.status.state is WriterState.STABLE
+    assert guarded.status.phase is WriterPhase.STABLE
     guarded.identify(_d())
     guarded.prepare_backup(SESSION, (), _d())
-    assert guarded.status.state is WriterState.STABLE
+    assert guarded.status.phase is WriterPhase.STABLE
     guarded.prepare_snapshot(SESSION, _d())
-    assert guarded.status.state is WriterState.WAITING_FOR_FREEZE
+    assert guarded.status.phase is WriterPhase.WAITING_FOR_FREEZE
     guarded.freeze(SESSION, _d())
-    assert guarded.status.state is WriterState.FROZEN
+    assert guarded.status.phase is WriterPhase.FROZEN
     time.sleep(0.05)
     guarded.thaw(SESSION, _d())
-    assert guarded.status.state is WriterState.WAITING_FOR_BACKUP_COMPLETE
+    assert guarded.status.phase is WriterPhase.WAITING_FOR_BACKUP_COMPLETE
     assert guarded.post_snapshot(SESSION, _d()) == {"c": "private"}
-    assert guarded.status.state is WriterState.WAITING_FOR_BACKUP_COMPLETE
+    assert guarded.status.phase is WriterPhase.WAITING_FOR_BACKUP_COMPLETE
     guarded.backup_complete(SESSION, {"c": True}, _d())
-    assert guarded.status.state is WriterState.STABLE
+    assert guarded.status.phase is WriterPhase.STABLE
     guarded.backup_shutdown(SESSION, _d())
     status = guarded.status
-    assert status.state is WriterState.STABLE and status.failed_at is None
+    assert status.phase is WriterPhase.STABLE and status.failed_at is None
     assert status.last_freeze_ms is not None and 50 <= status.last_freeze_ms < 5000
     assert fake.calls == [r.event for r in guarded.records]
 
@@ -133,10 +155,10 @@ def test_thaw_without_a_freeze_changes_nothing(fake: FakeWriter) -> None:
     guarded = GuardedWriter(fake)
     guarded.prepare_snapshot(SESSION, _d())
     guarded.thaw(SESSION, _d())
-    assert guarded.status.state is WriterState.WAITING_FOR_FREEZE
+    assert guarded.status.phase is WriterPhase.WAITING_FOR_FREEZE
     assert guarded.status.last_freeze_ms is None
     guarded.abort(SESSION, _d())
-    assert guarded.status.state is WriterState.STABLE
+    assert guarded.status.phase is WriterPhase.STABLE
 
 
 def test_a_writer_that_hangs_in_freeze_times_out_at_its_deadline(fake: FakeWriter) -> None:
@@ -148,7 +170,7 @@ def test_a_writer_that_hangs_in_freeze_times_out_at_its_deadline(fake: FakeWrite
         guarded.freeze(SESSION, Deadline.after(0.5))
     assert 0.45 <= time.monotonic() - started < 0.8
     status = guarded.status
-    assert (status.state, status.failed_at) == (WriterState.FAILED, WriterEvent.FREEZE)
+    assert (status.phase, status.failed_at) == (WriterPhase.FAILED, WriterEvent.FREEZE)
     assert status.last_error is not None and "did not finish freeze" in status.last_error
     last = guarded.records[-1]
     assert (last.event, last.ok) == (WriterEvent.FREEZE, False) and 450 <= last.duration_ms < 800
@@ -165,7 +187,7 @@ def test_a_writer_that_raises_fails_with_its_reason(fake: FakeWriter) -> None:
     ):
         guarded.prepare_snapshot(SESSION, _d())
     status = guarded.status
-    assert (status.state, status.failed_at) == (WriterState.FAILED, WriterEvent.PREPARE_SNAPSHOT)
+    assert (status.phase, status.failed_at) == (WriterPhase.FAILED, WriterEvent.PREPARE_SNAPSHOT)
     assert status.last_error == "writer fake (inst) failed at prepare-snapshot: ValueError: disk on fire"
     assert guarded.records[-1].error == status.last_error
 
@@ -188,9 +210,9 @@ def test_a_failure_sticks_until_the_next_backup(fake: FakeWriter) -> None:
     assert guarded.status.last_freeze_ms is not None  # measured even though thaw failed
     guarded.abort(SESSION, _d())
     guarded.backup_shutdown(SESSION, _d())
-    assert (guarded.status.state, guarded.status.failed_at) == (WriterState.FAILED, WriterEvent.THAW)
+    assert (guarded.status.phase, guarded.status.failed_at) == (WriterPhase.FAILED, WriterEvent.THAW)
     guarded.prepare_backup(SESSION, (), _d())
-    assert guarded.status.state is WriterState.STABLE
+    assert guarded.status.phase is WriterPhase.STABLE
     assert guarded.status.failed_at is None and guarded.status.last_error is None
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 from snapport.errors import FreezeTimeout, UsageError, WriterError
-from snapport.model import Attr, BackupType, ComponentType, Context, FileSpec, Volume
+from snapport.model import Attr, BackupType, ComponentType, Context, EventKind, FileSpec, Volume
 from snapport.osal.mount import containing_mount
-from snapport.writers.base import Deadline, RestoreContext, Session, WriterEvent, WriterState
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, WriterEvent, WriterPhase
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.hook import CLASS_ID, OUTPUT_TAIL_BYTES, HookWriter, check_script
-from snapport.writers.protocol import LogEntry
 from snapport.writers.registry import writer_from_spec
 
 HOST = "unit-host"
@@ -62,7 +61,7 @@ def gone(pid: int, within_s: float = 2.0) -> bool:
 
 
 def outputs(entries: list[LogEntry]) -> list[dict[str, object]]:
-    assert all(e.kind == "hook-output" for e in entries)
+    assert all(e.kind is EventKind.HOOK_OUTPUT for e in entries)
     return [json.loads(e.message) for e in entries]
 
 
@@ -142,7 +141,7 @@ def test_a_non_zero_exit_vetoes_with_the_last_line_of_stderr(tmp_path: Path) -> 
         guarded.freeze(s, Deadline.after(5))
     assert type(caught.value) is WriterError
     status = guarded.status
-    assert (status.state, status.failed_at) == (WriterState.FAILED, WriterEvent.FREEZE)
+    assert (status.phase, status.failed_at) == (WriterPhase.FAILED, WriterEvent.FREEZE)
     output = outputs(guarded.inner.take_event_log())[-1]  # type: ignore[attr-defined]
     assert output["exit"] == 3 and output["stderr"] == "checking\napp refuses: busy\n"
 

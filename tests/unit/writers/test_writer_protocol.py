@@ -19,12 +19,21 @@ from typing import Any
 import pytest
 
 from snapport.errors import FreezeTimeout, UsageError, WriterError
-from snapport.model import Attr, BackupType, Component, ComponentType, Context, FileSpec, Volume, WriterMetadata
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier
+from snapport.model import (
+    Attr,
+    BackupType,
+    Component,
+    ComponentType,
+    Context,
+    EventKind,
+    FileSpec,
+    Volume,
+    WriterMetadata,
+)
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Tier, Writer
 from snapport.writers.protocol import (
     MAX_LINE_BYTES,
     LineReader,
-    LogEntry,
     check_reply,
     decode,
     encode,
@@ -39,6 +48,9 @@ from snapport.writers.service import WriterConfig, WriterService, load_config
 
 IS_ROOT = os.geteuid() == 0
 VOLUME = Volume("unit-host", "/srv/data", "xfs", "1234", "/dev/loop9")
+CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "test.fake")
+# Two lines a writer process adds to every reply: one of a kind this snapport knows, one of a kind it does not.
+LOG_LINES = [{"kind": "hook-output", "message": "m"}, {"kind": "k", "message": "m"}]
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -49,7 +61,7 @@ def session(window_s: float = 30.0) -> Session:
 def metadata(writer_id: uuid.UUID) -> WriterMetadata:
     return WriterMetadata(
         writer_id=writer_id,
-        class_id=uuid.uuid5(uuid.NAMESPACE_DNS, "test.fake"),
+        class_id=CLASS_ID,
         name="fake",
         instance_name="fake instance",
         components=(
@@ -290,7 +302,7 @@ def test_a_writer_that_speaks_the_protocol_takes_every_event(home: Path) -> None
         else:
             send(
                 conn,
-                {"id": request["id"], "ok": True, "metadata": {"db": "label"}, "log": [{"kind": "k", "message": "m"}]},
+                {"id": request["id"], "ok": True, "metadata": {"db": "label"}, "log": LOG_LINES},
             )
 
     writer_id = uuid.uuid4()
@@ -307,7 +319,11 @@ def test_a_writer_that_speaks_the_protocol_takes_every_event(home: Path) -> None
         assert writer.post_snapshot(s, Deadline.after(5)) == {"db": "label"}
         writer.backup_complete(s, {"cluster\\db": True}, Deadline.after(5))
         writer.backup_shutdown(s, Deadline.after(5))
-        assert writer.take_event_log() == [LogEntry("k", "m")] * 7
+        # a kind this snapport knows is kept as it is; another is kept under writer-log, prefixed with its name
+        assert (
+            writer.take_event_log()
+            == [LogEntry(EventKind.HOOK_OUTPUT, "m"), LogEntry(EventKind.WRITER_LOG, "k: m")] * 7
+        )
         # a version-1 writer cannot be told where a restore lands: refused here, nothing is sent
         restore = RestoreContext(s.set_id, BackupType.FULL, Path("/restored"), ("cluster\\db",))
         with pytest.raises(WriterError, match="speaks protocol version 1, whose pre-restore cannot say where"):
@@ -499,11 +515,12 @@ def test_discovery_keeps_the_writers_on_the_sets_volumes(home: Path) -> None:
 # -- the writer process's half -----------------------------------------------------------------------------------
 
 
-class FakeWriter:
+class FakeWriter(Writer):
     """An in-process writer that records its events; `freeze_s` makes its freeze take that long."""
 
     kind = "fake"
     tier = Tier.APPLICATION
+    class_id = CLASS_ID
 
     def __init__(self, freeze_s: float = 0.0) -> None:
         self.writer_id = uuid.uuid4()
@@ -552,7 +569,7 @@ class FakeWriter:
         self.restores.append(restore)
 
     def take_event_log(self) -> list[LogEntry]:
-        return [LogEntry("fake-log", f"after {len(self.events)} events")]
+        return [LogEntry(EventKind.HOOK_OUTPUT, f"after {len(self.events)} events")]
 
 
 @contextlib.contextmanager
@@ -588,7 +605,7 @@ def test_the_service_runs_each_event_and_passes_its_log_on(home: Path) -> None:
         time.sleep(0.2)
         assert not fake.aborted.is_set()  # the set was made: a hang-up now undoes nothing
         assert [e for e, _ in fake.events] == ["prepare-backup", "prepare-snapshot", "freeze", "thaw", "post-snapshot"]
-        assert writer.take_event_log()[-1] == LogEntry("fake-log", "after 5 events")
+        assert writer.take_event_log()[-1] == LogEntry(EventKind.HOOK_OUTPUT, "after 5 events")
 
 
 def test_the_service_takes_restore_events_with_their_context_in_version_2(home: Path) -> None:
