@@ -55,7 +55,7 @@ from snapport.errors import (
 )
 from snapport.faults import inject
 from snapport.model import Attr, BackupComponents, Context, JobState, SetState, WriterMetadata
-from snapport.providers.registry import host_name
+from snapport.osal.host import this_host_name
 
 T = TypeVar("T")
 OFFHOST_KIND = "offhost-backup"
@@ -165,7 +165,7 @@ class CompletionAck(_Model):
 
 
 def _host(agent: Agent) -> Host:
-    return Host(name=host_name(), home=agent.home, catalog=agent.catalog, run_dir=run_dir())
+    return Host(name=this_host_name(), home=agent.home, catalog=agent.catalog, run_dir=run_dir())
 
 
 def _error(name: str | None, message: str) -> SnapportError:

@@ -128,9 +128,9 @@ def reconcile_machine(agent: Agent) -> None:
     before any request is served. Each finding and what was done is logged."""
     from snapport.coordinator.host import Host, run_dir  # noqa: PLC0415
     from snapport.coordinator.reconcile import Depth, reconcile  # noqa: PLC0415
-    from snapport.providers.registry import host_name  # noqa: PLC0415
+    from snapport.osal.host import this_host_name  # noqa: PLC0415
 
-    host = Host(name=host_name(), home=agent.home, catalog=agent.catalog, run_dir=run_dir())
+    host = Host(name=this_host_name(), home=agent.home, catalog=agent.catalog, run_dir=run_dir())
     try:
         report = reconcile(host, repair=True, depth=Depth.FULL, agent_running=True)
     except SnapportError as exc:  # the agent still starts: `snapport doctor` shows what is left

@@ -10,9 +10,9 @@ import click
 
 from snapport.cli.output import emit_json, table
 from snapport.errors import UsageError
+from snapport.osal.host import this_host_name
 from snapport.osal.runner import SubprocessRunner
 from snapport.providers.reflink_array import Array, Lun
-from snapport.providers.registry import host_name
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 dir_argument = click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
@@ -104,9 +104,9 @@ def lun_delete(directory: Path, lun_id: str, as_json: bool) -> None:
 @json_option
 def present(directory: Path, lun_id: str, read_only: bool, as_json: bool) -> None:
     """Present LUN to this host as a loop device ($SNAPPORT_HOST names the host)."""
-    device = _open(directory).present(lun_id, host_name(), read_only=read_only)
+    device = _open(directory).present(lun_id, this_host_name(), read_only=read_only)
     if as_json:
-        emit_json({"device": device, "lun": lun_id, "host": host_name(), "read_only": read_only})
+        emit_json({"device": device, "lun": lun_id, "host": this_host_name(), "read_only": read_only})
     else:
         click.echo(device)
 
@@ -117,9 +117,9 @@ def present(directory: Path, lun_id: str, read_only: bool, as_json: bool) -> Non
 @json_option
 def unpresent(directory: Path, lun_id: str, as_json: bool) -> None:
     """Detach the loop devices presenting LUN to this host."""
-    detached = _open(directory).unpresent(lun_id, host_name())
+    detached = _open(directory).unpresent(lun_id, this_host_name())
     if as_json:
-        emit_json({"lun": lun_id, "host": host_name(), "detached": detached})
+        emit_json({"lun": lun_id, "host": this_host_name(), "detached": detached})
     else:
         click.echo(f"LUN {lun_id}: " + (f"detached {', '.join(detached)}" if detached else "was not presented here"))
 

@@ -61,10 +61,10 @@ class Env:
     def host_as_is(self) -> Host:
         """This host, without reconciling anything first (`snapport doctor` must change nothing unless asked)."""
         from snapport.coordinator.host import Host, run_dir  # noqa: PLC0415
-        from snapport.providers.registry import host_name  # noqa: PLC0415
+        from snapport.osal.host import this_host_name  # noqa: PLC0415
 
         if self._host is None:
-            self._host = Host(name=host_name(), home=self.home, catalog=self.catalog, run_dir=run_dir())
+            self._host = Host(name=this_host_name(), home=self.home, catalog=self.catalog, run_dir=run_dir())
         return self._host
 
     def close(self) -> None:

@@ -127,10 +127,10 @@ def writer() -> None:
 @pass_env
 def run(env: Env, kind: str, config_path: Path, as_json: bool) -> None:
     """Run a built-in writer of KIND in this process, registered on this host, until SIGTERM or SIGINT."""
-    from snapport.providers.registry import host_name  # noqa: PLC0415
+    from snapport.osal.host import this_host_name  # noqa: PLC0415
     from snapport.writers.service import load_config, notify_ready, register  # noqa: PLC0415
 
-    registered = register(kind, load_config(config_path), env.home, host_name())
+    registered = register(kind, load_config(config_path), env.home, this_host_name())
     service = registered.service
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

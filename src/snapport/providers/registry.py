@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Protocol
 
 from snapport.errors import SnapportError, UsageError, VolumeNotSupported
@@ -30,11 +28,6 @@ PROVIDERS: dict[str, ProviderClass] = {
     ReflinkArrayProvider.name: ReflinkArrayProvider,
     BtrfsProvider.name: BtrfsProvider,
 }
-
-
-def host_name() -> str:
-    """This host's name in manifests and documents: `$SNAPPORT_HOST` if set, else the system's host name."""
-    return os.environ.get("SNAPPORT_HOST") or socket.gethostname()
 
 
 def get_provider(name: str, host: ProviderHost) -> Provider:

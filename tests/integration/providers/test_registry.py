@@ -12,7 +12,7 @@ from snapport.osal import mount as mnt
 from snapport.osal.runner import RecordingRunner
 from snapport.providers.base import ProviderHost
 from snapport.providers.reflink_array import Array
-from snapport.providers.registry import PROVIDERS, get_provider, host_name, provider_for
+from snapport.providers.registry import PROVIDERS, get_provider, provider_for
 from tests.conftest import Scratch, needs_tool
 
 HOST = "host-a"
@@ -20,13 +20,6 @@ HOST = "host-a"
 
 def host(scratch: Scratch, tmp_path: Path) -> ProviderHost:
     return ProviderHost(HOST, tmp_path / "home", scratch.runner)
-
-
-def test_host_name_comes_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SNAPPORT_HOST", "lab-one")
-    assert host_name() == "lab-one"
-    monkeypatch.delenv("SNAPPORT_HOST")
-    assert host_name() and host_name() != "lab-one"
 
 
 def test_an_unknown_provider_name_is_a_usage_error(tmp_path: Path) -> None:
