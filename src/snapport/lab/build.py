@@ -54,7 +54,6 @@ from snapport.osal import mount as mnt
 from snapport.osal.runner import Runner, SubprocessRunner
 from snapport.providers.reflink_array import Array
 
-STEPS = ("netns", "veth", "link-check", "array", "homes", "holders", "data-volume", "sample-app", "agents")
 TOOLS = ("ip", "unshare", "nsenter", "losetup", "mount", "umount", "mkfs.xfs")
 APP_START_S = 20.0
 
