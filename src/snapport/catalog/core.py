@@ -13,12 +13,12 @@ from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Connection, CursorResult, Engine
+from sqlalchemy import ColumnElement, Connection, CursorResult, Engine, RowMapping, Select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from snapport.catalog.clock import boot_id
 from snapport.catalog.engine import WRITE, describe, make_engine, migrate, parse_url, sqlite_path
-from snapport.errors import CatalogError, SnapportError
+from snapport.errors import CatalogError, ObjectNotFound, SnapportError
 
 # How often a conditional update that lost a race is retried before giving up (PostgreSQL only: SQLite's write
 # transactions are serialised by BEGIN IMMEDIATE, so there the first attempt always decides).
@@ -130,6 +130,14 @@ class CatalogCore:
 def lost_insert_race(exc: CatalogError) -> bool:
     """Whether a failed write lost to a concurrent insert of the same key (PostgreSQL; retry as an update)."""
     return isinstance(exc.__cause__, IntegrityError)
+
+
+def one_row(conn: Connection, query: Select[Any], missing: str) -> RowMapping:
+    """The first row `query` finds; `ObjectNotFound(missing)` if none."""
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise ObjectNotFound(missing)
+    return row
 
 
 def new_id(result: CursorResult[Any]) -> int:

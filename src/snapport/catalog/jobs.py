@@ -10,9 +10,9 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from snapport.catalog import schema as t
 from snapport.catalog.clock import utc_now
-from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep
+from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep, one_row
 from snapport.catalog.records import JobProgress, JobRecord
-from snapport.errors import BadState, CatalogError, ObjectNotFound
+from snapport.errors import BadState, CatalogError
 from snapport.model import JobState, check_job_transition
 
 
@@ -131,10 +131,8 @@ class JobStore(CatalogCore):
 
 
 def _load_job(conn: Connection, job_id: uuid.UUID) -> JobRecord:
-    row = conn.execute(select(t.jobs).where(t.jobs.c.id == str(job_id))).mappings().first()
-    if row is None:
-        raise ObjectNotFound(f"no job {job_id} in the catalog")
-    return _job_record(row)
+    query = select(t.jobs).where(t.jobs.c.id == str(job_id))
+    return _job_record(one_row(conn, query, f"no job {job_id} in the catalog"))
 
 
 def _job_record(row: RowMapping) -> JobRecord:

@@ -12,11 +12,11 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from snapport.catalog import schema as t
 from snapport.catalog.clock import boot_seconds, utc_now
-from snapport.catalog.core import RACE_RETRIES, CatalogCore
+from snapport.catalog.core import RACE_RETRIES, CatalogCore, one_row
 from snapport.catalog.events import insert_event
 from snapport.catalog.records import Lease
 from snapport.catalog.sets import require_set
-from snapport.errors import BadState, CatalogError, LeaseExpired, ObjectNotFound
+from snapport.errors import BadState, CatalogError, LeaseExpired
 from snapport.model import EventKind
 
 
@@ -126,10 +126,8 @@ class LeaseStore(CatalogCore):
 
 
 def _load_lease(conn: Connection, lease_id: uuid.UUID) -> Lease:
-    row = conn.execute(select(t.leases).where(t.leases.c.id == str(lease_id))).mappings().first()
-    if row is None:
-        raise ObjectNotFound(f"no lease {lease_id} in the catalog")
-    return _lease_record(row)
+    query = select(t.leases).where(t.leases.c.id == str(lease_id))
+    return _lease_record(one_row(conn, query, f"no lease {lease_id} in the catalog"))
 
 
 def _lease_record(row: RowMapping) -> Lease:

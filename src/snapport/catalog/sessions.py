@@ -12,11 +12,11 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from snapport.catalog import schema as t
 from snapport.catalog.clock import utc_now
-from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep, lost_insert_race
+from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep, lost_insert_race, one_row
 from snapport.catalog.events import insert_event
 from snapport.catalog.records import SessionRecord
 from snapport.catalog.sets import load_sets, require_set
-from snapport.errors import BadState, CatalogError, ObjectNotFound
+from snapport.errors import BadState, CatalogError
 from snapport.model import EventKind, SetOrigin, SetState, SnapshotSet
 
 
@@ -99,10 +99,8 @@ class SessionStore(CatalogCore):
 
 
 def _load_session(conn: Connection, set_id: uuid.UUID) -> SessionRecord:
-    row = conn.execute(select(t.sessions).where(t.sessions.c.set_id == str(set_id))).mappings().first()
-    if row is None:
-        raise ObjectNotFound(f"no session recorded for set {set_id}")
-    return _session_record(row)
+    query = select(t.sessions).where(t.sessions.c.set_id == str(set_id))
+    return _session_record(one_row(conn, query, f"no session recorded for set {set_id}"))
 
 
 def _session_record(row: RowMapping) -> SessionRecord:

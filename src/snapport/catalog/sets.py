@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Connection, RowMapping, func, insert, sele
 
 from snapport.catalog import schema as t
 from snapport.catalog.clock import require_aware, utc_now
-from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep
+from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep, one_row
 from snapport.catalog.events import insert_event
 from snapport.errors import BadState, CatalogError, MaxVolumes, ObjectNotFound
 from snapport.model import (
@@ -258,10 +258,8 @@ def load_sets(conn: Connection, *where: ColumnElement[bool]) -> list[SnapshotSet
 
 
 def load_snapshot(conn: Connection, snapshot_id: uuid.UUID) -> Snapshot:
-    row = conn.execute(select(t.snapshots).where(t.snapshots.c.id == str(snapshot_id))).mappings().first()
-    if row is None:
-        raise ObjectNotFound(f"no snapshot {snapshot_id} in the catalog")
-    return _snapshot_from_row(row)
+    query = select(t.snapshots).where(t.snapshots.c.id == str(snapshot_id))
+    return _snapshot_from_row(one_row(conn, query, f"no snapshot {snapshot_id} in the catalog"))
 
 
 # -- rows <-> records ---------------------------------------------------------------------------------------------

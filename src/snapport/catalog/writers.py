@@ -11,10 +11,10 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from snapport.catalog import schema as t
 from snapport.catalog.clock import require_aware, utc_now
-from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep, lost_insert_race, new_id
+from snapport.catalog.core import KEEP, RACE_RETRIES, CatalogCore, Keep, lost_insert_race, new_id, one_row
 from snapport.catalog.records import WriterEventRecord, WriterRecord
 from snapport.catalog.sets import require_set
-from snapport.errors import CatalogError, ObjectNotFound
+from snapport.errors import CatalogError
 from snapport.model import WriterState
 
 
@@ -111,10 +111,8 @@ class WriterStore(CatalogCore):
 
 
 def _load_writer(conn: Connection, writer_id: str) -> WriterRecord:
-    row = conn.execute(select(t.writers).where(t.writers.c.writer_id == writer_id)).mappings().first()
-    if row is None:
-        raise ObjectNotFound(f"no writer {writer_id!r} in the catalog")
-    return _writer_record(row)
+    query = select(t.writers).where(t.writers.c.writer_id == writer_id)
+    return _writer_record(one_row(conn, query, f"no writer {writer_id!r} in the catalog"))
 
 
 def _writer_event_record(row: RowMapping) -> WriterEventRecord:
