@@ -26,7 +26,7 @@ from snapport.osal import mount as mnt
 from snapport.osal.mount import MountInfo
 from snapport.osal.runner import Responder, Runner
 from snapport.providers.base import Capabilities, Provider, ProviderHost, SnapshotRequest
-from snapport.writers.base import Deadline, RestoreContext, Session, Tier, WriterEvent
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Tier, WriterEvent
 
 HANG_S = 30.0  # how long a hanging fake waits to be released: far past any bound a unit test sets
 
@@ -138,6 +138,9 @@ class FakeWriter:
 
     def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
         self._event(WriterEvent.POST_RESTORE)
+
+    def take_event_log(self) -> list[LogEntry]:
+        return []
 
     def __repr__(self) -> str:
         return f"FakeWriter({self.name!r}, {self.tier.name.lower()} tier)"
