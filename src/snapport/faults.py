@@ -43,7 +43,7 @@ POINTS: tuple[str, ...] = (
     "writer.backup-shutdown",  # agent one: GuardedWriter, before BackupShutdown (every session end)
     "writer.pre-restore",  # a restore's process (not on the backup flow)
     "writer.post-restore",
-    # systemTwo: the proxy job (agent/offhost.py) and what it calls, in agent two
+    # systemTwo: the proxy job (agent/offhost/proxy.py) and what it calls, in agent two
     "proxy.start",  # agent two: the proxy-backup job starts, the documents not yet fetched
     "proxy.heartbeat",  # agent two: before each lease renewal it sends
     "set.import",  # agent two (or `snapport import`): the import lock is held, nothing recorded yet

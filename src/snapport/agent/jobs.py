@@ -56,7 +56,6 @@ class JobKind(Generic[P]):
     summary: str
     roles: frozenset[Role] = frozenset()
     authorize: Callable[[PeerIdentity, P, Agent], Awaitable[None]] | None = None
-    test_only: bool = False
 
     def __post_init__(self) -> None:
         if self.params.model_config.get("extra") != "forbid":
@@ -154,13 +153,10 @@ class JobContext:
         if loop is not None and not loop.is_closed():
             asyncio.run_coroutine_threadsafe(self.progress(phase, **counts), loop)
 
-    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking code (the coordinator, file I/O) on its own thread and wait for it.
-
-        If the job is cancelled meanwhile, the code is not interrupted: `cancel_requested` becomes true, the job
-        waits for the code to return, then ends cancelled. The thread is a daemon: an agent that must stop does
-        not wait for it past its grace period (the job is then marked interrupted).
-        """
+    def start_blocking(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Start blocking code on a daemon thread of its own; the future settles when it returns or raises. The
+        job may stop waiting for it (a stuck engine must not keep a proxy from cleaning up when its lease is lost):
+        use `run_blocking` unless the job must be able to abandon the work."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
 
@@ -181,6 +177,16 @@ class JobContext:
                 loop.call_soon_threadsafe(report)
 
         threading.Thread(target=target, name=f"job-{self.id}", daemon=True).start()
+        return done
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking code (the coordinator, file I/O) on its own thread and wait for it.
+
+        If the job is cancelled meanwhile, the code is not interrupted: `cancel_requested` becomes true, the job
+        waits for the code to return, then ends cancelled. The thread is a daemon: an agent that must stop does
+        not wait for it past its grace period (the job is then marked interrupted).
+        """
+        done = self.start_blocking(fn, *args)
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:

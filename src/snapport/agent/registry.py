@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from snapport.agent.certs import Role
 from snapport.agent.dispatch import Route
-from snapport.agent.jobs import JobRegistry
-from snapport.agent.offhost import OFFHOST_KINDS, OFFHOST_ROUTES
-from snapport.agent.offhost import reconcile as reconcile_offhost
+from snapport.agent.jobs import JobKind, JobRegistry
+from snapport.agent.offhost import production, proxy, recovery
+from snapport.agent.offhost.models import OffhostParams, ProxyParams
+from snapport.agent.offhost.routes import OFFHOST_ROUTES
 from snapport.agent.routes import CORE_ROUTES
 
 if TYPE_CHECKING:
@@ -17,6 +19,25 @@ if TYPE_CHECKING:
     from snapport.catalog import JobRecord
 
 TEST_JOBS_ENV = "SNAPPORT_TEST_JOBS"
+
+OFFHOST_KINDS: tuple[JobKind[Any], ...] = (
+    JobKind(
+        production.KIND,
+        OffhostParams,
+        production.run_offhost,
+        "Snapshot volumes transportably and have a proxy back them up; BackupComplete after its success",
+        roles=frozenset({Role.PRODUCTION}),
+        authorize=production.authorize,
+    ),
+    JobKind(
+        proxy.KIND,
+        ProxyParams,
+        proxy.run_proxy,
+        "Import, expose, back up, verify and delete a production host's set, then report to it",
+        roles=frozenset({Role.PRODUCTION}),
+        authorize=proxy.authorize,
+    ),
+)
 
 
 def routes() -> tuple[Route, ...]:
@@ -26,7 +47,7 @@ def routes() -> tuple[Route, ...]:
 
 async def reconcile(agent: Agent, interrupted: Sequence[JobRecord]) -> None:
     """At start, after the jobs a dead agent left were marked interrupted: let each protocol clean up after them."""
-    await reconcile_offhost(agent, interrupted)
+    await recovery.recover(agent, interrupted)
 
 
 def job_kinds(*, test_jobs: bool | None = None) -> JobRegistry:

@@ -156,10 +156,7 @@ def recover_offline(config: AgentConfig, home: Path, catalog: Catalog) -> None:
 
 async def _recover(agent: Agent) -> None:
     await agent_registry.reconcile(agent, await agent.jobs.recover())
-    current = asyncio.current_task()
-    reports = [task for task in asyncio.all_tasks() if task is not current]  # failure reports to other hosts
-    if reports:
-        await asyncio.wait(reports, timeout=REPORT_WAIT_S)
+    await agent.background_settled(REPORT_WAIT_S)  # failure reports to other hosts
 
 
 def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -59,6 +59,5 @@ TEST_KINDS: tuple[JobKind[SleepParams], ...] = (
         sleep,
         "TEST ONLY: sleep, reporting progress",
         roles=frozenset({Role.PRODUCTION}),
-        test_only=True,
     ),
 )

@@ -12,9 +12,14 @@ import time
 from typing import Any
 
 import click
+from pydantic import TypeAdapter
 
+from snapport.agent.offhost.models import DataMiningResult, OffhostResult
 from snapport.cli.env import Env, json_option, pass_env
 from snapport.cli.output import progress_line
+from snapport.engines import DEFAULT_ENGINE, ENGINE_NAMES
+
+_RESULT: TypeAdapter[OffhostResult | DataMiningResult] = TypeAdapter(OffhostResult | DataMiningResult)
 
 
 @click.command("offhost-backup")
@@ -23,7 +28,7 @@ from snapport.cli.output import progress_line
 @click.option("--volume", "volumes", required=True, multiple=True, metavar="PATH", help="A volume's mount point.")
 @click.option("--writer", "writer_specs", multiple=True, metavar="SPEC", help="KIND:TARGET[,key=value...]")
 @click.option("--repo", required=True, metavar="PATH", help="The repository directory on the proxy.")
-@click.option("--engine", type=click.Choice(["archive", "restic"]), default="archive", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default=DEFAULT_ENGINE, show_default=True,
               help="The backup engine on the proxy (restic: incremental, parent found by host and paths).")  # fmt: skip
 @click.option("--lease", "lease_s", type=click.FloatRange(1, 7 * 86400), default=None, metavar="SECONDS",
               help="The proxy's lease [default: the source agent's lease_default_s].")  # fmt: skip
@@ -68,25 +73,27 @@ def offhost_backup(
         "event_timeout_s": event_timeout,
         "backup_session": not no_backup_session,
     }
-    result = asyncio.run(_follow(client, params, as_json))
+    job_id, result, phases = asyncio.run(_follow(client, params, as_json))
     if as_json:
-        click.echo(json.dumps(result, sort_keys=True))
+        click.echo(json.dumps({**result.model_dump(mode="json"), "phases": phases, "job_id": job_id}, sort_keys=True))
         return
-    if result.get("backup_session") is False:
+    freeze = f"freeze window {result.freeze_window_ms or 0:.1f} ms"
+    if isinstance(result, DataMiningResult):
         click.echo(
-            f"set {result['set_id']} handed over to {result['proxy']} (proxy job {result['proxy_job_id']}, into "
-            f"{result['location']}); freeze window {result['freeze_window_ms']:.1f} ms; the session on {source} "
-            "ended without BackupComplete (data mining)"
+            f"set {result.set_id} handed over to {result.proxy} (proxy job {result.proxy_job_id}, into "
+            f"{result.location}); {freeze}; the session on {source} ended without BackupComplete (data mining)"
         )
         return
     click.echo(
-        f"set {result['set_id']} backed up on {result['proxy']} into {result['location']}: {result['files']} files, "
-        f"{result['bytes'] / 2**20:.1f} MiB; freeze window {result['freeze_window_ms']:.1f} ms, "
-        f"import {result['import_ms']:.0f} ms; BackupComplete fired on {source}"
+        f"set {result.set_id} backed up on {result.proxy} into {result.location}: {result.files} files, "
+        f"{result.bytes / 2**20:.1f} MiB; {freeze}, import {result.import_ms or 0:.0f} ms; "
+        f"BackupComplete fired on {source}"
     )
 
 
-async def _follow(client: Any, params: dict[str, Any], as_json: bool) -> dict[str, Any]:
+async def _follow(
+    client: Any, params: dict[str, Any], as_json: bool
+) -> tuple[str, OffhostResult | DataMiningResult, list[dict[str, Any]]]:
     """Submit the job and poll it; phases stream as JSON lines on stderr (`--json`) or as rich progress bars."""
     from rich.console import Console  # noqa: PLC0415
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -133,10 +140,7 @@ async def _follow(client: Any, params: dict[str, Any], as_json: bool) -> dict[st
                 bars.update(current, completed=100)
     if job.state.value != "succeeded":
         raise _job_error(job)
-    result = dict(job.result) if isinstance(job.result, dict) else {}
-    result["phases"] = phases
-    result["job_id"] = str(job.id)
-    return result
+    return str(job.id), _RESULT.validate_python(job.result), phases
 
 
 def _job_error(job: Any) -> Exception:

@@ -9,11 +9,10 @@ import click
 from snapport.cli.env import Env, find_set, json_option, pass_env
 from snapport.cli.output import emit_json, table
 from snapport.coordinator import lifecycle
-from snapport.coordinator.session import BackupSession, OnWriterFailure, SessionOptions
+from snapport.coordinator.session import OnWriterFailure, SessionOptions, create_set
 from snapport.documents import validate_file
 from snapport.errors import UsageError
 from snapport.model import Attr, BackupComponents, BackupType, Context, SnapshotSet
-from snapport.writers.registry import writer_from_spec
 
 
 def _snapshots_json(snapshot_set: SnapshotSet) -> list[dict[str, object]]:
@@ -77,7 +76,6 @@ def create(
     as_json: bool,
 ) -> None:
     """Create a snapshot set of VOLUME... (mount points), consistent across them and their writers."""
-    host = env.host
     options = SessionOptions(
         context=Context(context),
         modifiers=Attr.TRANSPORTABLE if transportable else Attr.NONE,
@@ -90,13 +88,7 @@ def create(
         writer_specs=writer_specs,
         on_writer_failure=OnWriterFailure(on_writer_failure),
     )
-    # The volumes are resolved first, so that a writer's target can be checked against them.
-    resolved = tuple(host.volume(v) for v in volumes)
-    writers = [writer_from_spec(spec, resolved, host.name) for spec in writer_specs]
-    session = BackupSession(host, options, writers)
-    for volume in resolved:
-        session.add_volume(volume.mount_point)
-    created = session.create(out)
+    created = create_set(env.host, volumes, options, out)
     s = created.snapshot_set
     if as_json:
         emit_json(
@@ -209,6 +201,3 @@ def complete(env: Env, set_id: str, succeeded: bool | None, as_json: bool) -> No
         emit_json({"set_id": str(s.id), "state": s.state.value, "succeeded": succeeded})
     else:
         click.echo(f"set {s.id}: backup {'succeeded' if succeeded else 'failed'}; set is {s.state.value}")
-
-
-COMMANDS = [create, import_, expose, map_, unexpose, delete, break_, complete]

@@ -33,7 +33,16 @@ from snapport.errors import (
     UsageError,
 )
 from snapport.faults import inject
-from snapport.model import Attr, BackupComponents, BackupType, EventKind, SetState, Snapshot, SnapshotSet
+from snapport.model import (
+    FINAL_STATES,
+    Attr,
+    BackupComponents,
+    BackupType,
+    EventKind,
+    SetState,
+    Snapshot,
+    SnapshotSet,
+)
 from snapport.model.paths import relative_to_volume
 from snapport.osal import mount as mnt
 from snapport.writers.base import Deadline, Session
@@ -412,6 +421,40 @@ def complete(host: Host, set_id: uuid.UUID, *, succeeded: bool) -> SnapshotSet:
     if snapshot_set.context.auto_release and snapshot_set.state in (SetState.CREATED, SetState.EXPOSED):
         snapshot_set = delete(host, set_id)
     return snapshot_set
+
+
+END_SESSION_RETRY_S = 1.0
+
+
+def end_session(
+    host: Host, set_id: uuid.UUID, *, succeeded: bool, keep_set: bool = False, settle_s: float = 0.0
+) -> str:
+    """End a set's backup session, whatever its context: `complete` (BackupComplete only if `succeeded`, claimed
+    once: a second call fires nothing), then the set deleted here unless `keep_set` (data mining: the session
+    ends while a proxy still needs the persistent set). The delete is retried for up to `settle_s` seconds: the
+    storage refuses to delete a snapshot another host still holds, and a proxy that lost its lease lets go of it
+    within about a lease. Returns what was done; a delete that still fails raises its error."""
+    action = "ended the session" + (" with BackupComplete" if succeeded else " without BackupComplete")
+    try:
+        complete(host, set_id, succeeded=succeeded)  # auto-release contexts: deletes the set too
+    except BadState:
+        pass  # the outcome was claimed already: nothing is fired again
+    except ObjectNotFound:
+        return "its set is not in the catalog"
+    except SnapportError as exc:  # claimed, but its auto-release delete failed: retried below
+        action += f" (its delete deferred: {exc.code})"
+    if keep_set:
+        return action + "; the set is kept"
+    deadline = time.monotonic() + settle_s
+    while host.catalog.get_set(set_id).state not in FINAL_STATES:
+        try:
+            delete(host, set_id)
+            return action + "; deleted the set"
+        except SnapportError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(END_SESSION_RETRY_S)
+    return action
 
 
 def _components_of(host: Host, set_id: uuid.UUID, writer: GuardedWriter) -> dict[str, str | None]:

@@ -46,6 +46,7 @@ from snapport.model import (
     EventKind,
     Locator,
     SelectedComponent,
+    SetOrigin,
     SetState,
     Snapshot,
     SnapshotDescription,
@@ -60,7 +61,7 @@ from snapport.providers.base import Provider, ProviderHost, SnapshotRequest
 from snapport.providers.registry import provider_for
 from snapport.writers.base import Deadline, Session, Tier, Writer
 from snapport.writers.guarded import GuardedWriter
-from snapport.writers.registry import filesystem_writers
+from snapport.writers.registry import filesystem_writers, writers_from_specs
 from snapport.writers.remote import RemoteWriter
 
 T = TypeVar("T")
@@ -91,6 +92,7 @@ class SessionOptions:
     writer_specs: tuple[str, ...] = ()  # how the writers were asked for, so a later process can rebuild them
     on_writer_failure: OnWriterFailure = OnWriterFailure.ABORT
     discover_writers: bool = True  # include the out-of-process writers registered on this host
+    origin: SetOrigin | None = None  # the flow that makes the set (None: `snapport create`), in its session record
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +234,10 @@ class BackupSession:
             )
         )
         self.host.catalog.record_session(
-            self.set_id, backup_type=self.options.backup_type.value, writer_specs=self.options.writer_specs
+            self.set_id,
+            backup_type=self.options.backup_type.value,
+            writer_specs=self.options.writer_specs,
+            origin=self.options.origin,
         )
 
     def _each(
@@ -525,3 +530,15 @@ def roll_back_interrupted(host: Host) -> list[uuid.UUID]:
             )
             rolled_back.append(snapshot_set.id)
     return rolled_back
+
+
+def create_set(host: Host, volumes: Sequence[str], options: SessionOptions, out_dir: Path | None = None) -> CreatedSet:
+    """Create a set of `volumes` (mount points) with the writers `options.writer_specs` asks for: the one path of
+    `snapport create` and of an off-host backup. The volumes are resolved first, so that each writer's target is
+    checked against them; a writer asked for twice is a usage error; everything is refused before any freeze."""
+    resolved = tuple(host.volume(v) for v in volumes)
+    writers = writers_from_specs(options.writer_specs, resolved, host.name)
+    session = BackupSession(host, options, writers)
+    for volume in resolved:
+        session.add_volume(volume.mount_point)
+    return session.create(out_dir)

@@ -10,9 +10,11 @@ from snapport.documents.hardened import DEFAULT_MAX_BYTES, MAX_DEPTH, MAX_TAGS
 from snapport.documents.schema import BCD_NAMESPACE, WMD_NAMESPACE
 from snapport.documents.store import (
     BCD_FILE_NAME,
+    TRANSPORT_MAX_BYTES,
     WRITERS_DIR_NAME,
     load_documents,
     read_document,
+    read_set_documents,
     save_documents,
     validate_file,
 )
@@ -24,12 +26,14 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_DEPTH",
     "MAX_TAGS",
+    "TRANSPORT_MAX_BYTES",
     "WMD_NAMESPACE",
     "WRITERS_DIR_NAME",
     "bcd_from_xml",
     "bcd_to_xml",
     "load_documents",
     "read_document",
+    "read_set_documents",
     "save_documents",
     "validate_file",
     "wmd_from_xml",

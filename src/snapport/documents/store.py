@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from snapport.osal.atomic import fsync_dir, write_atomically
 BCD_FILE_NAME = "backup-components.xml"
 WRITERS_DIR_NAME = "writers"
 _FILE_MODE = 0o644  # the documents hold no secrets; the importing host's tools read them
+# The most a set's document may weigh when it travels (the agents' API, an engine's child process, a repository
+# that stores the documents): far above any real set's, far below what could exhaust a host.
+TRANSPORT_MAX_BYTES = 4 << 20
 _WRITER_FILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.xml")
 
 
@@ -34,6 +38,27 @@ def read_document(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> BackupC
     if kind_of(root) is BCD:
         return bcd_from_element(root)
     return wmd_from_element(root)
+
+
+def read_set_documents(
+    bcd: bytes, writers: Iterable[bytes], *, set_id: uuid.UUID | None = None
+) -> tuple[BackupComponents, tuple[WriterMetadata, ...]]:
+    """A set's documents as they travel (each at most `TRANSPORT_MAX_BYTES`): the BCD, which must describe
+    `set_id` when given, and the writers' metadata documents."""
+    components = read_document(bcd, max_bytes=TRANSPORT_MAX_BYTES)
+    if not isinstance(components, BackupComponents):
+        raise DocumentError("the backup components document is a writer metadata document")
+    if set_id is not None and components.snapshot_set.set_id != set_id:
+        raise DocumentError(f"the documents of set {set_id} describe set {components.snapshot_set.set_id}")
+    found: list[WriterMetadata] = []
+    for data in writers:
+        wmd = read_document(data, max_bytes=TRANSPORT_MAX_BYTES)
+        if not isinstance(wmd, WriterMetadata):
+            raise DocumentError(
+                f"a writer document of set {components.snapshot_set.set_id} is a backup components document"
+            )
+        found.append(wmd)
+    return components, tuple(found)
 
 
 def _about(path: Path, exc: DocumentError) -> DocumentError:

@@ -1,6 +1,6 @@
-"""The proxy's engine in a child process (`snapport.agent.engine_process`), on a real exposed snapshot: it backs up
-and verifies as the engine does in-process, and a hung one holding files open on the copy is stopped, killed, and
-leaves the copy free to unmount and delete."""
+"""An engine in a child process (`snapport.engines.process.ProcessEngine`, what a proxy runs), on a real exposed
+snapshot: it backs up and verifies as the engine does in-process, and a hung one holding files open on the copy is
+stopped, killed, and leaves the copy free to unmount and delete."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from snapport.agent import engine_process
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host
-from snapport.documents import bcd_to_xml, load_documents, wmd_to_xml
-from snapport.engines import ArchiveEngine, Progress
+from snapport.documents import load_documents
+from snapport.engines import ArchiveEngine, Progress, SetDocuments, select_components
+from snapport.engines.process import ProcessEngine
 from snapport.errors import LeaseExpired
 from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld, world
 
@@ -27,8 +27,8 @@ __all__ = ["world"]
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 
-def _snapshot(world: ArrayWorld, volume: Path) -> tuple[uuid.UUID, engine_process.EngineRequest, Host]:
-    """A set of `volume`, exposed on a host, and the backup request for its filesystem component."""
+def _snapshot(world: ArrayWorld, volume: Path) -> tuple[uuid.UUID, SetDocuments, Host]:
+    """A set of `volume`, exposed on a host, and its documents."""
     created = subprocess.run(
         [sys.executable, "-m", "snapport", "create", str(volume), "--context", "app-backup", "--json"],
         capture_output=True,
@@ -42,15 +42,7 @@ def _snapshot(world: ArrayWorld, volume: Path) -> tuple[uuid.UUID, engine_proces
     bcd, wmds = load_documents(Path(json.loads(created.stdout)["documents"]))
     host = world.host()
     lifecycle.expose(host, set_id)
-    request = engine_process.EngineRequest(
-        "backup",
-        "archive",
-        str(world.tmp / "repo"),
-        set_id,
-        bcd_to_xml(bcd).decode(),
-        tuple(wmd_to_xml(w).decode() for w in wmds),
-    )
-    return set_id, request, host
+    return set_id, SetDocuments(bcd, tuple(wmds)), host
 
 
 def _open_under(pid: int, directory: Path) -> list[str]:
@@ -69,24 +61,24 @@ def test_a_backup_in_a_child_process_matches_the_engine_and_verifies(world: Arra
     volume = world.volume("data")
     (volume / "blob").write_bytes(os.urandom(3 << 20))
     (volume / "note").write_text("a note")
-    set_id, request, host = _snapshot(world, volume)
+    set_id, documents, host = _snapshot(world, volume)
+    repo = world.tmp / "repo"
+    engine = ProcessEngine("archive", repo)
     seen: list[Progress] = []
     try:
-        result = engine_process.backup(
-            request,
-            mapper=lambda original: Path(lifecycle.map_path(host, set_id, original)),
-            progress=seen.append,
-            check=lambda: None,
-            grace_s=5.0,
+        result = engine.backup(
+            documents,
+            select_components(documents),
+            lambda original: Path(lifecycle.map_path(host, set_id, original)),
+            seen.append,
         )
     finally:
         lifecycle.delete(host, set_id)
     assert result.set_id == set_id and result.engine == "archive"
     assert result.files >= 2 and result.bytes >= 3 << 20 and seen
     assert Path(result.location).is_dir()
-    verify = engine_process.EngineRequest("verify", "archive", request.repo, set_id)
-    report = engine_process.verify(verify, check=lambda: None, grace_s=5.0)
-    assert report.intact and report.files == ArchiveEngine(Path(request.repo)).verify(set_id).files
+    report = engine.verify(set_id)
+    assert report.intact and report.files == ArchiveEngine(repo).verify(set_id).files
     assert world.leftovers(host) == []
 
 
@@ -96,7 +88,8 @@ def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
     volume = world.volume("data")
     (volume / "a-first").write_bytes(os.urandom(8 << 20))  # the engine hangs after this one (half of the bytes)...
     (volume / "b-next").write_bytes(os.urandom(2 << 20))  # ...with this one open by its read-ahead (not small)
-    set_id, request, host = _snapshot(world, volume)
+    set_id, documents, host = _snapshot(world, volume)
+    repo = world.tmp / "repo"
     fault_log = tmp_path / "fault.log"
     monkeypatch.setenv("SNAPPORT_FAULT", "engine.backup:hang")  # the child inherits it; this process never hits it
     monkeypatch.setenv("SNAPPORT_FAULT_LOG", str(fault_log))
@@ -109,12 +102,10 @@ def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
     copy = world.tmp / f"run-{HOST_ONE}" / str(set_id)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(
-            engine_process.backup,
-            request,
-            mapper=lambda original: Path(lifecycle.map_path(host, set_id, original)),
-            progress=lambda _p: check(),
-            check=check,
-            grace_s=1.0,
+            ProcessEngine("archive", repo, stop=check, grace_s=1.0).backup,
+            documents,
+            select_components(documents),
+            lambda original: Path(lifecycle.map_path(host, set_id, original)),
         )
         try:
             deadline = 60.0
@@ -133,4 +124,4 @@ def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
     lifecycle.unexpose(host, set_id)  # nothing holds the copy any more
     lifecycle.delete(host, set_id)
     assert world.leftovers(host) == []
-    assert ArchiveEngine(Path(request.repo)).list() == ()  # nothing was published
+    assert ArchiveEngine(repo).list() == ()  # nothing was published

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from snapport.catalog.clock import boot_seconds
-from snapport.coordinator.reconcile import Depth, reconcile, reconcile_quick
+from snapport.coordinator.reconcile import Depth, reconcile
 from snapport.coordinator.reconcile.leases import end_lease
 from snapport.coordinator.session import BackupSession, SessionOptions
 from snapport.model import Attr, Context, JobState, Locator, SetState, Snapshot, SnapshotSet
@@ -66,10 +66,9 @@ def test_a_set_left_preparing_is_rolled_back_and_a_quick_pass_changes_nothing_el
     with host.lock("create", timeout_s=1, what="a live creation"):
         quick = reconcile(host, repair=True, depth=Depth.QUICK)
         assert (quick.found, quick.rolled_back) == ([], [])  # a live creation holds the lock: nothing is touched
-        assert reconcile_quick(host) == []
     assert reconcile(host, repair=False, depth=Depth.QUICK).rolled_back == []  # finds, changes nothing
     assert host.catalog.get_set(set_id).state is SetState.PREPARING
-    assert reconcile_quick(host) == [set_id]
+    assert reconcile(host, repair=True, depth=Depth.QUICK).rolled_back == [set_id]
     assert host.catalog.get_set(set_id).state is SetState.ABORTED
     assert world.leftovers(host) == []
     assert reconcile(host, repair=False).found == []

@@ -21,6 +21,7 @@ from snapport.engines import (
     recognise,
     select_components,
 )
+from snapport.engines.process import ProcessEngine
 from snapport.errors import BadState, ObjectNotFound, TargetNotEmpty
 from snapport.model import Component, ComponentType, FileSpec
 from tests.conftest import needs_root
@@ -45,10 +46,15 @@ def _marks(capabilities: Capabilities) -> tuple[pytest.MarkDecorator, ...]:
     return (pytest.mark.slow, needs_root()) if capabilities.private_mount_namespace else ()
 
 
-# Every engine of the registry; an engine that wraps another (another process, a retry layer) joins with one more
-# entry, e.g. `EngineFactory("process-archive", lambda repo: Wrapper(ArchiveEngine(repo)), ())`.
+# Every engine of the registry, and each run in a child process (`ProcessEngine`, what a proxy runs); an engine
+# that wraps another (a retry layer, ...) joins with one more entry.
 FACTORIES: list[EngineFactory] = [
     EngineFactory(name, engine_class, _marks(engine_class.capabilities))
+    for name, engine_class in sorted(ENGINES.items())
+] + [
+    EngineFactory(
+        f"process-{name}", lambda repo, name=name: ProcessEngine(name, repo), _marks(engine_class.capabilities)
+    )
     for name, engine_class in sorted(ENGINES.items())
 ]
 

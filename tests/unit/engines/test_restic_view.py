@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from snapport.agent.offhost import OffhostParams, ProxyParams
+from snapport.agent.offhost.models import OffhostParams, ProxyParams
 from snapport.engines.restic.command import key_file_for
 from snapport.engines.restic.engine import encode_tag
 from snapport.engines.restic.view import ViewSpec, collides

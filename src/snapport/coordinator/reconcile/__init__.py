@@ -23,7 +23,6 @@ reported busy and left alone.
 from __future__ import annotations
 
 import enum
-import uuid
 from collections.abc import Callable
 
 from snapport.coordinator.host import Host
@@ -88,9 +87,3 @@ def reconcile(
     leases.leases(run, alive, recovery)
     leases.jobs(run, alive, recovery)
     return run.report
-
-
-def reconcile_quick(host: Host) -> list[uuid.UUID]:
-    """`reconcile(host, repair=True, depth=Depth.QUICK)`, for a caller that needs only the sets it rolled back
-    (`agent.offhost.release_imported`, until the off-host code moves to the coordinator and calls `reconcile`)."""
-    return list(reconcile(host, repair=True, depth=Depth.QUICK).rolled_back)

@@ -4,7 +4,6 @@ no agent are failed; with an agent configuration and none running, through the a
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -13,30 +12,15 @@ from snapport.catalog import Lease
 from snapport.coordinator import lifecycle
 from snapport.coordinator.host import Host
 from snapport.coordinator.reconcile.report import Pass
-from snapport.errors import BadState, JobInterrupted, ObjectNotFound
+from snapport.errors import BadState, JobInterrupted
 from snapport.model import JobState
-from snapport.providers.base import ENDED_STATES
 
 
 def end_lease(host: Host, lease: Lease, *, succeeded: bool = False) -> str:
-    """End the session a lease was granted for and release the lease; say what was done.
-
-    BackupComplete only if `succeeded` (the outcome is claimed in the catalog once: a later call fires nothing);
-    BackupShutdown in any case; then the set is deleted here if it is not deleted or aborted already; then the
-    lease is released. Idempotent. A delete that fails raises (its `SnapportError`) with the lease still
-    unreleased, so the next reconciliation retries; a set the catalog does not know only releases the lease.
-    """
-    action = "ended the session" + (" with BackupComplete" if succeeded else " without BackupComplete")
-    try:
-        lifecycle.complete(host, lease.set_id, succeeded=succeeded)
-    except BadState:
-        pass  # the outcome was claimed already
-    except ObjectNotFound:
-        action = "its set is not in the catalog"
-    with contextlib.suppress(ObjectNotFound):
-        if host.catalog.get_set(lease.set_id).state not in ENDED_STATES:
-            lifecycle.delete(host, lease.set_id)
-            action += "; deleted the set"
+    """End the session a lease was granted for (`lifecycle.end_session`: BackupComplete only if `succeeded`, the
+    set deleted) and release the lease; say what was done. Idempotent. A delete that fails raises (its
+    `SnapportError`) with the lease still unreleased, so the next reconciliation retries."""
+    action = lifecycle.end_session(host, lease.set_id, succeeded=succeeded)
     host.catalog.release_lease(lease.id)
     return action + "; released the lease"
 
