@@ -30,6 +30,7 @@ from snapport.errors import SystemCommandError, UsageError
 from snapport.lab import sample_app
 from snapport.lab.config import DATA_MOUNT
 from snapport.lab.handle import Lab
+from snapport.osal.runner import PIPE, SubprocessRunner
 
 BULK_MIB = 256  # incompressible data added to the volume, so the backup has real work to do
 LOAD_ROWS = 200  # the sample application has committed this many rows before the backup starts
@@ -145,22 +146,23 @@ def _backup(lab: Lab, repo: Path, say: Say) -> BackupOutput:
         "--proxy", f"{lab.two.ip}:{lab.state.agent_port}", "--volume", str(lab.data_mount),
         "--writer", f"sqlite:{lab.data_mount}/app.db", "--repo", str(repo), "--json",
     )  # fmt: skip
-    process = subprocess.Popen(lab.one.command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None and process.stdout is not None
-    last_phase, last_line = None, ""
-    for line in process.stderr:
-        last_line = line.strip() or last_line
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        phase = event.get("phase")
-        if phase and phase != last_phase:
-            last_phase = phase
-            say(f"  {event.get('elapsed_s', 0):7.2f} s  {phase}")
-    out = process.stdout.read()
-    if process.wait() != 0:
-        raise SystemCommandError(f"the off-host backup failed: {last_line}")
+    with SubprocessRunner().start(lab.one.command(argv), stdout=PIPE, stderr=PIPE) as process:
+        assert process.stderr is not None and process.stdout is not None
+        last_phase, last_line = None, ""
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
+            last_line = line.strip() or last_line
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            phase = event.get("phase")
+            if phase and phase != last_phase:
+                last_phase = phase
+                say(f"  {event.get('elapsed_s', 0):7.2f} s  {phase}")
+        out = process.stdout.read()
+        if process.wait() != 0:
+            raise SystemCommandError(f"the off-host backup failed: {last_line}")
     return BackupOutput.model_validate_json(out)
 
 
