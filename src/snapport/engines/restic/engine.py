@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote
 
-from snapport.documents import BCD_FILE_NAME, WRITERS_DIR_NAME, read_document, save_documents
+from snapport.documents import BCD_FILE_NAME, TRANSPORT_MAX_BYTES, WRITERS_DIR_NAME, read_document, save_documents
 from snapport.engines.base import (
     BackupResult,
     Capabilities,
@@ -77,7 +77,6 @@ SET_FILE = "set.json"
 EXCLUDES_FILE = "excludes.txt"
 DEFAULT_READ_DATA_SUBSET = "10%"
 BACKUP_TIMEOUT_S = 24 * 3600.0
-MAX_DOCUMENT_BYTES = 4 << 20
 _STDERR_LINES = 50  # what is kept of restic's stderr, for the error message
 _Nodes = list[dict[str, Any]]
 
@@ -220,7 +219,7 @@ class ResticEngine:
     def documents(self, set_id: uuid.UUID) -> SetDocuments:
         """The set's BCD and WMDs read back from its snapshot, validated as untrusted input."""
         snap = self.snapshot(set_id)
-        bcd = read_document(self._dump(snap, BCD_FILE_NAME), max_bytes=MAX_DOCUMENT_BYTES)
+        bcd = read_document(self._dump(snap, BCD_FILE_NAME), max_bytes=TRANSPORT_MAX_BYTES)
         if not isinstance(bcd, BackupComponents) or bcd.set_id != set_id:
             raise DocumentError(f"the documents of snapshot {snap.id[:8]} do not describe set {set_id}")
         writers: _list[WriterMetadata] = []
@@ -230,7 +229,7 @@ class ResticEngine:
             if not path.startswith(prefix) or node.get("type") != "file":
                 continue
             name = path.removeprefix(prefix)
-            wmd = read_document(self._dump(snap, f"{WRITERS_DIR_NAME}/{name}"), max_bytes=MAX_DOCUMENT_BYTES)
+            wmd = read_document(self._dump(snap, f"{WRITERS_DIR_NAME}/{name}"), max_bytes=TRANSPORT_MAX_BYTES)
             if not isinstance(wmd, WriterMetadata) or name != f"{wmd.writer_id}.xml":
                 raise DocumentError(f"snapshot {snap.id[:8]}: {path} is not the metadata document it is named for")
             writers.append(wmd)
