@@ -29,7 +29,7 @@ from snapport.providers.reflink_array import Array
 from tests.conftest import Scratch, needs_tool
 from tests.faults.conftest import FaultLab
 from tests.faults.reliability import record
-from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
+from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(300)]
 

@@ -23,7 +23,7 @@ from snapport.agent.config import AgentConfig, PeerConfig
 from snapport.agent.tls import client_context
 from snapport.errors import AccessDenied, AgentUnreachable
 from snapport.model import JobState
-from tests.integration.agent.conftest import AgentProcess, Agents, Host, Site, cli, write_config
+from tests.support.agents import AgentProcess, Agents, Host, Site, cli, write_config
 
 T = TypeVar("T")
 

@@ -21,9 +21,8 @@ from snapport.documents import load_documents
 from snapport.engines import ArchiveEngine, Progress, SetDocuments, select_components
 from snapport.engines.process import ProcessEngine
 from snapport.errors import LeaseExpired
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld, world
+from tests.support.array_world import HOST_ONE, ArrayWorld
 
-__all__ = ["world"]
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 

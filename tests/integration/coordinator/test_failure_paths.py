@@ -38,7 +38,7 @@ from snapport.providers.reflink_array import ReflinkArrayProvider
 from snapport.providers.registry import provider_for
 from snapport.writers.base import Deadline, LogEntry, Session, Tier
 from snapport.writers.registry import writer_from_spec
-from tests.integration.coordinator.conftest import ArrayWorld
+from tests.support.array_world import ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

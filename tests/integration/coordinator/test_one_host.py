@@ -28,7 +28,7 @@ from snapport.coordinator import lifecycle
 from snapport.documents import load_documents
 from snapport.errors import BadState, ImportRefused, PathEscape
 from snapport.model import Attr, LunInformation, SetState
-from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
+from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 

@@ -24,7 +24,7 @@ import pytest
 from snapport.catalog import Catalog, catalog_url
 from snapport.documents import load_documents
 from snapport.model import SetState
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 

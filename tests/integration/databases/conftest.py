@@ -21,7 +21,7 @@ from snapport.catalog import Catalog, catalog_url
 from snapport.documents import load_documents
 from snapport.model import SelectedComponent
 from tests.integration.coordinator import conftest as coordinator
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 from tests.integration.databases.servers import MariaServer, PgServer, shared_dir
 
 world = coordinator.world  # the coordinator tests' fixture, shared with these tests

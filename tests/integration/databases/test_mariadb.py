@@ -24,7 +24,7 @@ from snapport.documents import load_documents
 from snapport.errors import BadState
 from snapport.writers import mariadb
 from snapport.writers.mariadb import parse_backup_metadata
-from tests.integration.coordinator.conftest import ArrayWorld
+from tests.support.array_world import ArrayWorld
 from tests.integration.databases.conftest import (
     component_of,
     copy_tree,

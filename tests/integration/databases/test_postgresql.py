@@ -18,7 +18,7 @@ from snapport.documents import load_documents
 from snapport.errors import BadState, UnsupportedContext, WriterError
 from snapport.writers import postgresql
 from snapport.writers.postgresql import parse_backup_metadata
-from tests.integration.coordinator.conftest import ArrayWorld
+from tests.support.array_world import ArrayWorld
 from tests.integration.databases.conftest import (
     component_of,
     copy_tree,

@@ -21,7 +21,7 @@ from snapport.documents import load_documents
 from snapport.errors import BadState, WriterError
 from snapport.model import SelectedComponent
 from snapport.writers import mariadb, postgresql
-from tests.integration.coordinator.conftest import ArrayWorld
+from tests.support.array_world import ArrayWorld
 from tests.integration.coordinator.test_out_of_process_writers import (
     WriterProcess,
     gone,

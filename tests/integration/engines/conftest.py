@@ -1,5 +1,5 @@
-"""The array world of the coordinator tests, shared: volumes on a file-backed array, hosts' homes, leak checks."""
+"""The array world (volumes on a file-backed array, hosts' homes, leak checks), for the off-host engine tests."""
 
-from tests.integration.coordinator.conftest import world
+from tests.support.array_world import world
 
 __all__ = ["world"]

@@ -17,7 +17,7 @@ from snapport.documents import load_documents
 from snapport.engines import BackupResult, SetDocuments, select_components
 from snapport.engines.restic.engine import ResticEngine
 from snapport.errors import TargetNotEmpty
-from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
+from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(600)]
 

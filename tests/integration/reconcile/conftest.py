@@ -1,5 +1,5 @@
-"""The coordinator's array world (real XFS volumes on array LUNs), for the reconciliation tests."""
+"""The array world (real XFS volumes on array LUNs), for the reconciliation tests."""
 
-from tests.integration.coordinator.conftest import world
+from tests.support.array_world import world
 
 __all__ = ["world"]

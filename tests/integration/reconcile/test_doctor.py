@@ -19,7 +19,7 @@ from snapport.model import SetState
 from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
 from tests.conftest import Scratch
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 

@@ -16,7 +16,7 @@ import pytest
 from snapport.model import SetState
 from snapport.providers.btrfs import SNAPSHOT_DIR, owner_file
 from tests.conftest import Scratch, needs_tool
-from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
+from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 from tests.integration.reconcile.test_doctor import doctor, kinds
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300), needs_tool("mkfs.btrfs", "btrfs")]

@@ -20,7 +20,7 @@ from snapport.model import Attr, Context, JobState, Locator, SetState, Snapshot,
 from snapport.osal import ioctl
 from snapport.providers.base import SnapshotRequest
 from snapport.providers.reflink_array import ReflinkArrayProvider
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 

@@ -20,7 +20,7 @@ from snapport.coordinator import lifecycle
 from snapport.errors import SetInProgress
 from snapport.model import SetState
 from snapport.osal import mount as mnt
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 from tests.integration.reconcile.test_doctor import doctor
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]

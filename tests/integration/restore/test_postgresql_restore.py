@@ -21,7 +21,7 @@ from snapport.documents import load_documents
 from snapport.engines import ArchiveEngine, SetDocuments, select_components
 from snapport.errors import TargetNotEmpty, WriterError
 from snapport.writers import postgresql
-from tests.integration.coordinator.conftest import HOST_ONE, HOST_TWO, ArrayWorld
+from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 from tests.integration.databases.servers import MariaServer, PgServer, missing_postgresql, owned_dir, wal_archiving
 from tests.integration.databases.test_postgresql import SUMS, _create_under_pgbench, _wait_for
 

@@ -15,7 +15,7 @@ from snapport.coordinator import lifecycle
 from snapport.documents import load_documents
 from snapport.engines import ArchiveEngine, SetDocuments, select_components
 from snapport.errors import ObjectNotFound, RestoreIncomplete, UsageError, WriterError
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 

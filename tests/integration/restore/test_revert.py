@@ -13,7 +13,7 @@ import pytest
 
 from snapport.errors import BadState, ProviderVeto, UnsupportedOperation
 from snapport.osal import mount as mnt
-from tests.integration.coordinator.conftest import HOST_ONE, ArrayWorld
+from tests.support.array_world import HOST_ONE, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -16,15 +14,7 @@ from snapport.agent.registry import job_kinds
 from snapport.agent.service import Agent
 from snapport.catalog import Catalog
 
-T = TypeVar("T")
 MakeAgent = Callable[..., Agent]
-
-
-def run(coroutine: Awaitable[T]) -> T:
-    async def main() -> T:
-        return await coroutine
-
-    return asyncio.run(main())
 
 
 @pytest.fixture

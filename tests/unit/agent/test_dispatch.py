@@ -28,7 +28,8 @@ from snapport.agent.dispatch import (
 from snapport.agent.routes import CORE_ROUTES
 from snapport.agent.server import make_app
 from snapport.errors import AccessDenied, ClusterRule, LeaseExpired, ObjectNotFound, SnapportError, UsageError
-from tests.unit.agent.conftest import MakeAgent, run
+from tests.support.agents import run
+from tests.unit.agent.conftest import MakeAgent
 
 TEST_PEER_HEADER = "X-Test-Peer"  # TEST ONLY: "host/role"; the agent itself reads the TLS certificate
 

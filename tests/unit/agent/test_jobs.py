@@ -18,7 +18,8 @@ from snapport.agent.testing import TEST_KINDS, SleepParams
 from snapport.catalog import JobProgress
 from snapport.errors import BadState, ObjectNotFound, WriterError
 from snapport.model import JobState
-from tests.unit.agent.conftest import MakeAgent, run
+from tests.support.agents import run
+from tests.unit.agent.conftest import MakeAgent
 
 
 class Probe(BaseModel):
