@@ -1,7 +1,7 @@
 """What a bench backs up when it needs no real snapshot: a plain directory standing for the exposed copy of one
 volume, filled with mixed files, and the documents of a set that selects all of it.
 
-Bench-side on purpose: the tests' snapshot tree (`tests/unit/engines/snapshot_tree.py`) is a small tree of odd
+Bench-side on purpose: the tests' snapshot tree (`tests/support/snapshot_tree.py`) is a small tree of odd
 cases for correctness, this is a large, reproducible one for throughput; and a bench must run without `tests/`.
 Not a lab fixture either: `snapport.lab` builds real hosts, volumes and sets; nothing here is one.
 """

@@ -13,7 +13,7 @@ from backports.zstd import ZstdFile
 from snapport.engines import ArchiveEngine
 from snapport.engines.archive.format import ARCHIVE_FILE
 from tests.conftest import Scratch, needs_tool
-from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, whole_volume
+from tests.support.snapshot_tree import VOLUME, Snapshot, documents, whole_volume
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180), needs_tool("setfacl", "getfacl", "mkfs.xfs")]
 

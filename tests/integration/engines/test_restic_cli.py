@@ -10,7 +10,7 @@ import pytest
 from snapport.cli.main import main
 from snapport.engines import select_components
 from snapport.engines.restic.engine import ResticEngine
-from tests.unit.engines.snapshot_tree import VOLUME, documents, make_tree
+from tests.support.snapshot_tree import VOLUME, documents, make_tree
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 

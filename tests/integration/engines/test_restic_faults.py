@@ -16,7 +16,7 @@ from snapport.engines import select_components
 from snapport.engines.restic.engine import ResticEngine
 from snapport.errors import UsageError
 from snapport.model import Component, ComponentType, FileSpec
-from tests.unit.engines.snapshot_tree import documents, make_tree
+from tests.support.snapshot_tree import documents, make_tree
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -26,7 +26,7 @@ import sys, uuid
 from pathlib import Path
 from snapport.engines import select_components
 from snapport.engines.restic.engine import ResticEngine
-from tests.unit.engines.snapshot_tree import Snapshot, documents
+from tests.support.snapshot_tree import Snapshot, documents
 docs = documents(set_id=uuid.UUID(sys.argv[1]))
 ResticEngine(Path(sys.argv[2])).backup(docs, select_components(docs), Snapshot(Path(sys.argv[3])).map)
 """

@@ -15,7 +15,7 @@ from snapport.engines.restic.engine import ResticEngine
 from snapport.engines.restic.selection import escape_pattern
 from snapport.engines.walk import select
 from snapport.model import Component, ComponentType, FileSpec
-from tests.unit.engines.snapshot_tree import NON_UTF8, VOLUME, documents, make_tree
+from tests.support.snapshot_tree import NON_UTF8, VOLUME, documents, make_tree
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(180)]
 

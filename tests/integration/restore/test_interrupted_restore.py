@@ -15,7 +15,7 @@ import pytest
 from snapport.engines import ArchiveEngine, SetDocuments
 from snapport.engines.archive.restore import TMP_PREFIX
 from snapport.errors import TargetNotEmpty
-from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, whole_volume
+from tests.support.snapshot_tree import VOLUME, Snapshot, documents, whole_volume
 
 pytestmark = pytest.mark.timeout(180)
 FIRST = "a-first.bin"  # the first file the archive holds, several chunks long: killed after its first chunk

@@ -26,7 +26,7 @@ from snapport.engines.archive.repository import incomplete_sets
 from snapport.engines.digest import digest_bytes
 from snapport.errors import BadState, ObjectNotFound, SystemCommandError, UsageError
 from snapport.model import Component, ComponentType, FileSpec
-from tests.unit.engines.snapshot_tree import MTIME_NS, NON_UTF8, VOLUME, Snapshot, documents, make_tree, whole_volume
+from tests.support.snapshot_tree import MTIME_NS, NON_UTF8, VOLUME, Snapshot, documents, make_tree, whole_volume
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[3]
@@ -390,7 +390,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
     from snapport.engines import ArchiveEngine, Phase
-    from tests.unit.engines.snapshot_tree import Snapshot, documents, whole_volume
+    from tests.support.snapshot_tree import Snapshot, documents, whole_volume
     def report(event):
         if event.phase is Phase.BACKUP:
             print(event.bytes, flush=True)

@@ -21,7 +21,7 @@ from snapport.engines.archive.format import ARCHIVE_FILE, member_name
 from snapport.engines.archive.frames import SEGMENT, FrameSink
 from snapport.engines.walk import Entry, EntryType
 from snapport.errors import UsageError
-from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, make_tree, whole_volume
+from tests.support.snapshot_tree import VOLUME, Snapshot, documents, make_tree, whole_volume
 
 pytestmark = pytest.mark.timeout(120)
 

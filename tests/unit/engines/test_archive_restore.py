@@ -17,7 +17,7 @@ from snapport.engines.archive.format import ARCHIVE_FILE, MANIFEST_FILE, SET_FIL
 from snapport.engines.digest import digest_bytes
 from snapport.errors import BadState, PathEscape
 from snapport.faults import InjectedFault
-from tests.unit.engines.snapshot_tree import VOLUME, Snapshot, documents, make_tree, whole_volume
+from tests.support.snapshot_tree import VOLUME, Snapshot, documents, make_tree, whole_volume
 
 pytestmark = pytest.mark.timeout(120)
 IS_ROOT = os.geteuid() == 0

@@ -26,7 +26,7 @@ from snapport.errors import BadState, ObjectNotFound, TargetNotEmpty
 from snapport.model import Component, ComponentType, FileSpec
 from tests.conftest import needs_root
 from tests.support.protocols import protocol_mismatches
-from tests.unit.engines.snapshot_tree import MTIME_NS, VOLUME, Snapshot, documents, make_tree
+from tests.support.snapshot_tree import MTIME_NS, VOLUME, Snapshot, documents, make_tree
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ import pytest
 
 from snapport.engines import ArchiveEngine, SetDocuments
 from snapport.model import Component, ComponentType, FileSpec
-from tests.unit.engines.snapshot_tree import VOLUME, WRITER_ID, documents, make_tree, whole_volume
+from tests.support.snapshot_tree import VOLUME, WRITER_ID, documents, make_tree, whole_volume
 
 pytestmark = pytest.mark.timeout(120)
 IS_ROOT = os.geteuid() == 0

@@ -14,7 +14,7 @@ from snapport.cli.main import main
 from snapport.engines import ArchiveEngine, SetDocuments, select_components
 from snapport.engines.archive.format import ARCHIVE_FILE
 from snapport.errors import ObjectNotFound, UsageError
-from tests.unit.engines.snapshot_tree import documents, make_tree
+from tests.support.snapshot_tree import documents, make_tree
 
 pytestmark = pytest.mark.timeout(60)
 

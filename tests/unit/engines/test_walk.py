@@ -10,7 +10,7 @@ import pytest
 from snapport.engines import ComponentSource
 from snapport.engines.walk import EntryType, Selection, select
 from snapport.model import Component, ComponentType, FileSpec
-from tests.unit.engines.snapshot_tree import NON_UTF8, VOLUME, Snapshot, make_tree
+from tests.support.snapshot_tree import NON_UTF8, VOLUME, Snapshot, make_tree
 
 pytestmark = pytest.mark.timeout(60)
 
