@@ -28,7 +28,7 @@ from snapport.osal import mount as mnt
 from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Writer, WriterEvent, WriterPhase
 from snapport.writers.guarded import GuardedWriter
 from snapport.writers.registry import WRITERS, writer_from_spec
-from tests.integration.databases.servers import DATABASE_KINDS, database_case, database_filesystem
+from tests.support.databases import DATABASE_KINDS, database_case, database_filesystem
 
 if TYPE_CHECKING:  # a type only (tests/contract is no package, so the import sorter would misplace it)
     from tests.conftest import Scratch

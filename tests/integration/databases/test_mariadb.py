@@ -25,14 +25,14 @@ from snapport.errors import BadState
 from snapport.writers import mariadb
 from snapport.writers.mariadb import parse_backup_metadata
 from tests.support.array_world import ArrayWorld
-from tests.integration.databases.conftest import (
+from tests.support.database_world import (
     component_of,
     copy_tree,
     events_of,
     record_freeze_window,
     snapport,
 )
-from tests.integration.databases.servers import MariaServer, PgServer, chown_tree, missing_mariadb
+from tests.support.databases import MariaServer, PgServer, chown_tree, missing_mariadb
 
 pytestmark = [
     pytest.mark.root,

@@ -7,9 +7,7 @@ base backup (backup-mode) gets back its `backup_label` and `tablespace_map` from
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,24 @@ from snapport.errors import BadState, UnsupportedContext, WriterError
 from snapport.writers import postgresql
 from snapport.writers.postgresql import parse_backup_metadata
 from tests.support.array_world import ArrayWorld
-from tests.integration.databases.conftest import (
+from tests.support.database_world import (
     component_of,
     copy_tree,
+    create_under_pgbench,
     events_of,
     record_freeze_window,
     snapport,
 )
-from tests.integration.databases.servers import (
+from tests.support.databases import (
+    SUMS,
     MariaServer,
     PgServer,
     chown_tree,
     missing_postgresql,
     owned_dir,
+    wait_for,
     wal_archiving,
+    wal_files,
 )
 
 pytestmark = [
@@ -42,44 +44,7 @@ pytestmark = [
     pytest.mark.skipif(missing_postgresql() is not None, reason=f"PostgreSQL: {missing_postgresql()}"),
 ]
 
-SUMS = (
-    "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), "
-    "(SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
-    "(SELECT count(*) FROM pgbench_history)"
-)
 Servers = list[PgServer | MariaServer]
-
-
-def _wal_files(archive: Path) -> list[str]:
-    return sorted(p.name for p in archive.iterdir() if len(p.name) == 24)
-
-
-def _wait_for(condition: object, what: str, timeout_s: float = 60) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def _create_under_pgbench(world: ArrayWorld, server: PgServer, *args: str) -> dict[str, object]:
-    """`snapport create ARGS` while pgbench runs 4 clients; pgbench is stopped by its pid afterwards."""
-    bench = server.pgbench("-c", "4", "-j", "2", "-T", "300", "-n", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        before = server.query("SELECT count(*) FROM pgbench_history")[0][0]
-        _wait_for(lambda: server.query("SELECT count(*) FROM pgbench_history")[0][0] > before + 200, "pgbench")
-        created = snapport(world, "create", *args)
-        assert bench.poll() is None, "pgbench stopped before the snapshot was done"
-        done = server.query("SELECT count(*) FROM pgbench_history")[0][0]
-        _wait_for(lambda: server.query("SELECT count(*) FROM pgbench_history")[0][0] > done + 50, "load after thaw")
-    finally:
-        bench.send_signal(signal.SIGINT)
-        try:
-            bench.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            bench.kill()
-            bench.communicate()
-    return created
 
 
 @pytest.mark.slow
@@ -108,7 +73,7 @@ def test_a_copy_taken_under_pgbench_load_restores_and_keeps_the_invariant(
     assert init.wait(120) == 0
 
     docs = shared / "docs"
-    created = _create_under_pgbench(
+    created = create_under_pgbench(
         world, server, str(data_volume), str(other_volume), "--writer", server.spec(mode=mode), "--out", str(docs)
     )
     record_freeze_window(record_property, world, created, f"postgresql {mode}")
@@ -155,7 +120,7 @@ def test_a_copy_taken_under_pgbench_load_restores_and_keeps_the_invariant(
     if mode == "backup-mode":
         # The WAL from pg_backup_start to pg_backup_stop, whose end record is after the snapshot, is archived.
         stop_file = str(metadata["stop_wal_file"])
-        _wait_for((archive / stop_file).exists, f"{stop_file} in the archive")
+        wait_for((archive / stop_file).exists, f"{stop_file} in the archive")
         settings |= {
             "restore_command": f"'cp {archive}/%f %p'",
             "recovery_target": "'immediate'",
@@ -168,7 +133,7 @@ def test_a_copy_taken_under_pgbench_load_restores_and_keeps_the_invariant(
     servers.append(copy)
     copy.start(timeout_s=120)
     # pg_ctl returns once connections are accepted; in backup-mode that is at consistency, before the promotion.
-    _wait_for(lambda: copy.query("SELECT pg_is_in_recovery()")[0][0] is False, "the end of recovery")
+    wait_for(lambda: copy.query("SELECT pg_is_in_recovery()")[0][0] is False, "the end of recovery")
     accounts, tellers, branches, history, count = copy.query(SUMS)[0]
     assert accounts == tellers == branches == history, (accounts, tellers, branches, history)
     assert 200 < count < live_history, "the copy is not a past state taken under load"
@@ -242,11 +207,11 @@ def test_backup_complete_purges_archived_wal_once_for_a_full_backup_and_never_fo
             server.query("INSERT INTO filler VALUES (1)")
             server.query("SELECT pg_switch_wal()")
         target = server.query("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
-        _wait_for(lambda: bool(_wal_files(archive)) and _wal_files(archive)[-1][8:] >= target[8:], "archiving")
+        wait_for(lambda: bool(wal_files(archive)) and wal_files(archive)[-1][8:] >= target[8:], "archiving")
 
     spec = server.spec(mode="backup-mode", purge_archive=str(archive))
     switch_wal(3)
-    before = _wal_files(archive)
+    before = wal_files(archive)
 
     # A copy backup: BackupComplete comes, and leaves the archive alone.
     docs = shared / "copy-docs"
@@ -255,7 +220,7 @@ def test_backup_complete_purges_archived_wal_once_for_a_full_backup_and_never_fo
     switch_wal(2)
     snapport(world, "complete", copy_set, "--succeeded")
     assert events_of(world, copy_set, "postgresql").count("backup-complete") == 1
-    assert set(before) <= set(_wal_files(archive))
+    assert set(before) <= set(wal_files(archive))
 
     # A set whose creation failed (the provider commit raised) never reaches BackupComplete; its backup was aborted.
     failed = snapport(world, "create", str(data_volume), "--writer", spec, fault="provider.commit:raise", check=False)
@@ -271,7 +236,7 @@ def test_backup_complete_purges_archived_wal_once_for_a_full_backup_and_never_fo
     snapport(world, "complete", failed_set, "--failed")
     assert events_of(world, failed_set, "postgresql")[-1:] == ["backup-shutdown"]
     assert "backup-complete" not in events_of(world, failed_set, "postgresql")
-    assert set(before) <= set(_wal_files(archive))
+    assert set(before) <= set(wal_files(archive))
 
     # A full backup: once it succeeded, the WAL archived before its start is removed, and only that.
     docs = shared / "full-docs"
@@ -280,7 +245,7 @@ def test_backup_complete_purges_archived_wal_once_for_a_full_backup_and_never_fo
     switch_wal(1)
     kept_history = sorted(p.name for p in archive.iterdir() if p.name.endswith(".backup"))
     snapport(world, "complete", full_set, "--succeeded")
-    after = _wal_files(archive)
+    after = wal_files(archive)
     assert after and all(name[8:] >= oldest[8:] for name in after)
     assert oldest in after and not set(before) & set(after)
     assert sorted(p.name for p in archive.iterdir() if p.name.endswith(".backup")) == kept_history

@@ -22,7 +22,18 @@ from snapport.errors import BadState, WriterError
 from snapport.model import SelectedComponent
 from snapport.writers import mariadb, postgresql
 from tests.support.array_world import ArrayWorld
-from tests.integration.coordinator.test_out_of_process_writers import (
+from tests.support.database_world import snapport
+from tests.support.databases import (
+    MariaServer,
+    PgServer,
+    missing_mariadb,
+    missing_postgresql,
+    owned_dir,
+    wait_for,
+    wal_archiving,
+    wal_files,
+)
+from tests.support.writer_processes import (
     WriterProcess,
     gone,
     set_events,
@@ -30,16 +41,6 @@ from tests.integration.coordinator.test_out_of_process_writers import (
     writer_events,
     writer_run,
 )
-from tests.integration.databases.conftest import snapport
-from tests.integration.databases.servers import (
-    MariaServer,
-    PgServer,
-    missing_mariadb,
-    missing_postgresql,
-    owned_dir,
-    wal_archiving,
-)
-from tests.integration.databases.test_postgresql import _wait_for, _wal_files
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
 needs_postgresql = pytest.mark.skipif(missing_postgresql() is not None, reason=f"PostgreSQL: {missing_postgresql()}")
@@ -139,8 +140,8 @@ def test_a_postgresql_writer_running_as_postgres_makes_a_base_backup_and_hears_b
     for i in range(3):  # WAL older than the backup, for BackupComplete to purge
         server.query(f"INSERT INTO t VALUES ('{i}')")
         server.query("SELECT pg_switch_wal()")
-    _wait_for(lambda: len(_wal_files(archive)) >= 3, "three archived WAL files")
-    older = _wal_files(archive)
+    wait_for(lambda: len(wal_files(archive)) >= 3, "three archived WAL files")
+    older = wal_files(archive)
 
     with writer_run(world, "postgresql", _pg_config(server, purge_archive=str(archive))) as writer:
         _assert_runs_as(world, writer, "postgres")
@@ -157,7 +158,7 @@ def test_a_postgresql_writer_running_as_postgres_makes_a_base_backup_and_hears_b
         assert f"START WAL LOCATION: {metadata['start_lsn']} (file {metadata['start_wal_file']})" in label
         # The server ran that backup: pg_backup_stop wrote its history file, which the archiver copied.
         history = f"{metadata['start_wal_file']}.*.backup"
-        _wait_for(lambda: any(archive.glob(history)), "the backup history file in the archive")
+        wait_for(lambda: any(archive.glob(history)), "the backup history file in the archive")
         [history_file] = archive.glob(history)
         assert f"LABEL: snapport {set_id}\n" in history_file.read_text()
         assert f"STOP WAL LOCATION: {metadata['stop_lsn']} " in history_file.read_text()
@@ -165,7 +166,7 @@ def test_a_postgresql_writer_running_as_postgres_makes_a_base_backup_and_hears_b
 
         _complete_once(world, set_id, writer)
         # BackupComplete ran as postgres and purged the archived WAL the backup does not need.
-        kept = _wal_files(archive)
+        kept = wal_files(archive)
         assert older and not set(older) & set(kept)
         assert all(name[8:] >= str(metadata["oldest_wal_file"])[8:] for name in kept)
     assert world.leftovers(world.host()) == []
@@ -184,7 +185,7 @@ def test_a_postgresql_writer_process_that_dies_or_cannot_reach_its_server_leaves
     with writer_run(world, "postgresql", _pg_config(server)) as writer:
         killed = snapport(world, "create", str(volume), fault="provider.commit:kill", check=False)
         assert killed["rc"] == -signal.SIGKILL
-        _wait_for(lambda: server.query(PG_BACKUP_SESSIONS) == [(0,)], "the writer to end its backup")
+        wait_for(lambda: server.query(PG_BACKUP_SESSIONS) == [(0,)], "the writer to end its backup")
         server.query("SELECT pg_backup_start('probe', fast => true)")  # no backup of ours in the way
         assert writer.proc.poll() is None
 
@@ -301,7 +302,7 @@ def test_a_mariadb_writer_running_as_mysql_blocks_commits_and_hears_backup_compl
         server.query("INSERT INTO app.t (v) VALUES (%s)", [str(i)])
         server.query("FLUSH BINARY LOGS")
     before = _binlogs(server)
-    _wait_for(lambda: _checkpointed(server, before[-1]), "the binary log checkpoint")  # written after the flush
+    wait_for(lambda: _checkpointed(server, before[-1]), "the binary log checkpoint")  # written after the flush
     [(binlog_file, binlog_position, *_)] = server.query("SHOW MASTER STATUS")
 
     with _maria_writer(world, server, purge_binlogs="yes") as writer:

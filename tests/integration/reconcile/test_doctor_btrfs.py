@@ -16,8 +16,8 @@ import pytest
 from snapport.model import SetState
 from snapport.providers.btrfs import SNAPSHOT_DIR, owner_file
 from tests.conftest import Scratch, needs_tool
-from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 from tests.integration.reconcile.test_doctor import doctor, kinds
+from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300), needs_tool("mkfs.btrfs", "btrfs")]
 

@@ -24,7 +24,7 @@ from snapport.writers.mariadb import MariadbWriter, live_server
 from snapport.writers.sqlite import SqliteWriter, processes_using
 from tests.conftest import needs_tool
 from tests.support.array_world import HOST_ONE, ArrayWorld
-from tests.integration.databases.servers import MariaServer, missing_mariadb, shared_dir
+from tests.support.databases import MariaServer, missing_mariadb, shared_dir
 
 pytestmark = [pytest.mark.timeout(300)]
 

@@ -22,8 +22,8 @@ from snapport.engines import ArchiveEngine, SetDocuments, select_components
 from snapport.errors import TargetNotEmpty, WriterError
 from snapport.writers import postgresql
 from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
-from tests.integration.databases.servers import MariaServer, PgServer, missing_postgresql, owned_dir, wal_archiving
-from tests.integration.databases.test_postgresql import SUMS, _create_under_pgbench, _wait_for
+from tests.support.database_world import create_under_pgbench
+from tests.support.databases import SUMS, MariaServer, PgServer, missing_postgresql, owned_dir, wait_for, wal_archiving
 
 pytestmark = [
     pytest.mark.root,
@@ -106,7 +106,7 @@ def test_a_cluster_backed_up_offhost_is_restored_by_snapport_restore_and_starts(
     # backup-mode names its WAL archive in the spec: the backup metadata carries it to the restore
     spec = server.spec(mode=mode, **({"wal_archive": str(archive)} if mode == "backup-mode" else {}))
     volumes = (str(data_volume), str(other_volume))
-    created = _create_under_pgbench(world, server, *volumes, "--transportable", "--writer", spec, "--out", str(docs))
+    created = create_under_pgbench(world, server, *volumes, "--transportable", "--writer", spec, "--out", str(docs))
     live_history = server.query("SELECT count(*) FROM pgbench_history")[0][0]
     repo = shared / "repo"
     set_id = back_up_offhost(world, docs, repo)
@@ -117,7 +117,7 @@ def test_a_cluster_backed_up_offhost_is_restored_by_snapport_restore_and_starts(
             or ""
         )
         stop_file = str(metadata["stop_wal_file"])
-        _wait_for((archive / stop_file).exists, f"{stop_file} in the archive")
+        wait_for((archive / stop_file).exists, f"{stop_file} in the archive")
 
     target = shared / "restored"
     component = f"postgresql:{server.data}"
@@ -148,7 +148,7 @@ def test_a_cluster_backed_up_offhost_is_restored_by_snapport_restore_and_starts(
     copy.configure({"unix_socket_directories": f"'{copy.socket_dir}'"})
     servers.append(copy)
     copy.start(timeout_s=120)
-    _wait_for(lambda: copy.query("SELECT pg_is_in_recovery()")[0][0] is False, "the end of recovery")
+    wait_for(lambda: copy.query("SELECT pg_is_in_recovery()")[0][0] is False, "the end of recovery")
     accounts, tellers, branches, history, count = copy.query(SUMS)[0]
     assert accounts == tellers == branches == history, (accounts, tellers, branches, history)
     assert 200 < count < live_history, "the restore is not the past state taken under load"

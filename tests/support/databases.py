@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL and MariaDB servers for the database writer tests, each stopped by its own pid or pg_ctl.
+"""Throwaway PostgreSQL and MariaDB servers for the database writer tests, each stopped by its own pid or pg_ctl;
+what the tests read back from them; and the writer conformance suite's database cases.
 
 The servers run as the `postgres` and `mysql` system users, which cannot enter pytest's temporary directories
 (private to root): their files live under a `shared_dir`, a directory in /tmp that others may traverse but not
@@ -338,6 +339,31 @@ class MariaServer:
 
     def _log_tail(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else "(no error log)"
+
+
+# -- what the tests wait for and read back -------------------------------------------------------------------------
+
+# pgbench's invariant (the sums of the three balances and of the history's deltas are equal in any consistent
+# state), and the history's length
+SUMS = (
+    "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), "
+    "(SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
+    "(SELECT count(*) FROM pgbench_history)"
+)
+
+
+def wal_files(archive: Path) -> list[str]:
+    """The WAL segments in a WAL archive (by their 24-character names), in order."""
+    return sorted(p.name for p in archive.iterdir() if len(p.name) == 24)
+
+
+def wait_for(condition: object, what: str, timeout_s: float = 60) -> None:
+    """Poll `condition` (a callable) until it holds; fail naming `what` after `timeout_s`."""
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 # -- the writer conformance suite's database cases -----------------------------------------------------------------
