@@ -6,11 +6,8 @@ XFS and ext4."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,25 +17,9 @@ from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
 from tests.conftest import Scratch
 from tests.support.array_world import HOST_ONE, ArrayWorld
+from tests.support.doctor import by_kind_and_object, doctor
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
-
-
-def doctor(world: ArrayWorld, *args: str) -> tuple[int, dict[str, Any], str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "snapport", "doctor", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=world.env(HOST_ONE),
-        timeout=120,
-        check=False,
-    )
-    assert proc.stdout, proc.stderr
-    return proc.returncode, json.loads(proc.stdout), proc.stderr
-
-
-def kinds(entries: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
-    return {(e["kind"], e["object"]): e for e in entries}
 
 
 def orphan_snapshot_lun(world: ArrayWorld, volume: Path) -> tuple[uuid.UUID, str]:
@@ -82,7 +63,7 @@ def test_doctor_finds_then_repairs_planted_leftovers_and_leaves_the_rest_alone(
     rc, report, stderr = doctor(world)
     assert rc == 30, stderr
     assert "DOCTOR_FOUND" in stderr
-    found = kinds(report["found"])
+    found = by_kind_and_object(report["found"])
     assert report["repaired"] == []
     assert ("snapshot-lun", lun_id) in found
     assert ("loop-device", stray) in found and ("loop-device", exposed_dev) in found
@@ -99,7 +80,7 @@ def test_doctor_finds_then_repairs_planted_leftovers_and_leaves_the_rest_alone(
     rc, report, stderr = doctor(world, "--repair")
     assert not report["left"], json.dumps(report["left"])
     assert rc == 0, (stderr, report)
-    repaired = kinds(report["repaired"])
+    repaired = by_kind_and_object(report["repaired"])
     for key in found:
         assert key in repaired, (key, report)
     assert report["left"] == []

@@ -16,8 +16,8 @@ import pytest
 from snapport.model import SetState
 from snapport.providers.btrfs import SNAPSHOT_DIR, owner_file
 from tests.conftest import Scratch, needs_tool
-from tests.integration.reconcile.test_doctor import doctor, kinds
 from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
+from tests.support.doctor import by_kind_and_object, doctor
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300), needs_tool("mkfs.btrfs", "btrfs")]
 
@@ -65,14 +65,14 @@ def test_doctor_finds_and_repairs_an_orphaned_btrfs_snapshot_and_leaves_another_
 
     rc, report, stderr = doctor(world)
     assert rc == 30, stderr
-    found = kinds(report["found"])
+    found = by_kind_and_object(report["found"])
     assert list(found) == [("snapshot-subvolume", str(orphan))], report
     assert f"set {set_id}" in found["snapshot-subvolume", str(orphan)]["detail"]
     assert orphan.is_dir() and report["repaired"] == []  # found, and changed nothing
 
     rc, report, stderr = doctor(world, "--repair")
     assert (rc, report["left"]) == (0, []), (stderr, report)
-    assert list(kinds(report["repaired"])) == [("snapshot-subvolume", str(orphan))]
+    assert list(by_kind_and_object(report["repaired"])) == [("snapshot-subvolume", str(orphan))]
     assert not orphan.exists() and not owner_file(orphan).exists()
     assert (theirs / "file").read_text() == "content" and unnamed.is_dir()  # not this host's: as they were
 

@@ -20,8 +20,8 @@ from snapport.coordinator import lifecycle
 from snapport.errors import SetInProgress
 from snapport.model import SetState
 from snapport.osal import mount as mnt
-from tests.integration.reconcile.test_doctor import doctor
 from tests.support.array_world import HOST_ONE, ArrayWorld
+from tests.support.doctor import doctor
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 MOUNT = shutil.which("mount") or "/usr/bin/mount"
