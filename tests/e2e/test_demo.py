@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import E2E_MARKS
-from tests.integration.lab.conftest import leftovers
+from tests.support.lab import leftovers
+from tests.support.lab_under_test import E2E_MARKS
 
 pytestmark = [*E2E_MARKS, pytest.mark.timeout(900)]
 

@@ -18,8 +18,8 @@ import pytest
 from snapport.agent.config import config_path, parse_config, render_config
 from snapport.engines import ArchiveEngine
 from snapport.model import JobState
-from tests.e2e.conftest import E2E_MARKS, LabUnderTest, result_of, wait_until
-from tests.integration.lab.conftest import snapport
+from tests.support.lab import snapport
+from tests.support.lab_under_test import E2E_MARKS, LabUnderTest, result_of, wait_until
 
 pytestmark = [*E2E_MARKS, pytest.mark.timeout(600)]
 PROBE = Path(__file__).with_name("_auth_probe.py")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapport.engines.restic.engine import ResticEngine
-from tests.e2e.conftest import E2E_MARKS, LabUnderTest, result_of
+from tests.support.lab_under_test import E2E_MARKS, LabUnderTest, result_of
 
 pytestmark = [*E2E_MARKS, pytest.mark.timeout(600)]
 

@@ -16,9 +16,9 @@ import pytest
 from snapport.lab.agents import serve_argv, wait_listening
 from snapport.osal import loop
 from snapport.providers.reflink_array.array import Array
-from tests.e2e.conftest import LabUnderTest, running_lab
 from tests.faults import reliability
 from tests.faults.cases import OFF_FLOW, PREAMBLE
+from tests.support.lab_under_test import LabUnderTest, running_lab
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,7 +30,7 @@ from snapport.providers.reflink_array.array import Array
 from tests.faults import reliability
 from tests.faults.cases import CASES, HOST_OF, PRIMERS
 from tests.faults.conftest import FaultLab
-from tests.integration.lab.conftest import needs_lab
+from tests.support.lab import needs_lab
 
 pytestmark = [*needs_lab(), pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -14,7 +14,7 @@ from snapport.lab import Lab, network
 from snapport.lab.state import LoopRecord, load
 from snapport.osal import loop
 from snapport.osal.runner import SubprocessRunner
-from tests.integration.lab.conftest import (
+from tests.support.lab import (
     SMALL,
     leftovers,
     needs_lab,

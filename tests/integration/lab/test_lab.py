@@ -19,7 +19,7 @@ from snapport.lab.sample_app import last_committed_before
 from snapport.lab.state import ProcessRecord
 from snapport.osal import mount as mnt
 from snapport.osal.runner import SubprocessRunner
-from tests.integration.lab.conftest import (
+from tests.support.lab import (
     SMALL,
     leftovers,
     needs_lab,

@@ -22,15 +22,11 @@ from snapport.errors import FreezeTimeout, UsageError, WriterError
 from snapport.model import (
     Attr,
     BackupType,
-    Component,
-    ComponentType,
     Context,
     EventKind,
-    FileSpec,
     Volume,
-    WriterMetadata,
 )
-from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Tier, Writer
+from snapport.writers.base import Deadline, LogEntry, RestoreContext, Session, Tier
 from snapport.writers.protocol import (
     MAX_LINE_BYTES,
     LineReader,
@@ -45,10 +41,10 @@ from snapport.writers.protocol import (
 )
 from snapport.writers.remote import RemoteWriter, check_registry_dir, discover, registry_dir, socket_path
 from snapport.writers.service import WriterConfig, WriterService, load_config
+from tests.unit.writers.recording_writer import RecordingWriter, bind, metadata
 
 IS_ROOT = os.geteuid() == 0
 VOLUME = Volume("unit-host", "/srv/data", "xfs", "1234", "/dev/loop9")
-CLASS_ID = uuid.uuid5(uuid.NAMESPACE_DNS, "test.fake")
 # Two lines a writer process adds to every reply: one of a kind this snapport knows, one of a kind it does not.
 LOG_LINES = [{"kind": "hook-output", "message": "m"}, {"kind": "k", "message": "m"}]
 pytestmark = pytest.mark.timeout(60)
@@ -56,24 +52,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def session(window_s: float = 30.0) -> Session:
     return Session(uuid.uuid4(), Context.APP_BACKUP, Attr.TRANSPORTABLE, BackupType.COPY, (VOLUME,), window_s)
-
-
-def metadata(writer_id: uuid.UUID) -> WriterMetadata:
-    return WriterMetadata(
-        writer_id=writer_id,
-        class_id=CLASS_ID,
-        name="fake",
-        instance_name="fake instance",
-        components=(
-            Component(
-                type=ComponentType.DATABASE,
-                name="db",
-                logical_path="cluster",
-                database_files=(FileSpec("/srv/data", "pg", "base*", recursive=True),),
-                log_files=(FileSpec("/srv/data", "pg/wal", "0*"),),
-            ),
-        ),
-    )
 
 
 @pytest.fixture
@@ -209,16 +187,6 @@ def test_load_config_builds_the_spec_and_refuses_what_a_spec_cannot_say(tmp_path
 # -- the coordinator's half against scripted writer processes ----------------------------------------------------
 
 Handler = Callable[[dict[str, Any], socket.socket], None]
-
-
-def bind(path: Path) -> socket.socket:
-    """A listening socket at `path`, mode 0600, as a writer process registers one."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with unix_address(path) as address:
-        listener.bind(address)
-    path.chmod(0o600)
-    listener.listen()
-    return listener
 
 
 def hello_reply(writer_id: uuid.UUID, request: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -515,65 +483,8 @@ def test_discovery_keeps_the_writers_on_the_sets_volumes(home: Path) -> None:
 # -- the writer process's half -----------------------------------------------------------------------------------
 
 
-class FakeWriter(Writer):
-    """An in-process writer that records its events; `freeze_s` makes its freeze take that long."""
-
-    kind = "fake"
-    tier = Tier.APPLICATION
-    class_id = CLASS_ID
-
-    def __init__(self, freeze_s: float = 0.0) -> None:
-        self.writer_id = uuid.uuid4()
-        self.instance_name = "fake instance"
-        self.freeze_s = freeze_s
-        self.events: list[tuple[str, uuid.UUID | None]] = []
-        self.aborted = threading.Event()
-        self.restores: list[RestoreContext] = []
-
-    def identify(self, deadline: Deadline) -> WriterMetadata:
-        return metadata(self.writer_id)
-
-    def prepare_backup(self, session: Session, components: tuple[str, ...], deadline: Deadline) -> None:
-        self.events.append(("prepare-backup", session.set_id))
-
-    def prepare_snapshot(self, session: Session, deadline: Deadline) -> None:
-        self.events.append(("prepare-snapshot", session.set_id))
-
-    def freeze(self, session: Session, deadline: Deadline) -> None:
-        time.sleep(self.freeze_s)
-        self.events.append(("freeze", session.set_id))
-
-    def thaw(self, session: Session, deadline: Deadline) -> None:
-        self.events.append(("thaw", session.set_id))
-
-    def post_snapshot(self, session: Session, deadline: Deadline) -> Mapping[str, str]:
-        self.events.append(("post-snapshot", session.set_id))
-        return {"cluster\\db": "label"}
-
-    def abort(self, session: Session, deadline: Deadline) -> None:
-        self.events.append(("abort", session.set_id))
-        self.aborted.set()
-
-    def backup_complete(self, session: Session, succeeded: Mapping[str, bool], deadline: Deadline) -> None:
-        self.events.append(("backup-complete", session.set_id))
-
-    def backup_shutdown(self, session: Session, deadline: Deadline) -> None:
-        self.events.append(("backup-shutdown", session.set_id))
-
-    def pre_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
-        self.events.append(("pre-restore", restore.set_id))
-        self.restores.append(restore)
-
-    def post_restore(self, restore: RestoreContext, deadline: Deadline) -> None:
-        self.events.append(("post-restore", restore.set_id))
-        self.restores.append(restore)
-
-    def take_event_log(self) -> list[LogEntry]:
-        return [LogEntry(EventKind.HOOK_OUTPUT, f"after {len(self.events)} events")]
-
-
 @contextlib.contextmanager
-def served(home: Path, writer: FakeWriter, directory: Path | None = None) -> Iterator[tuple[Path, WriterService]]:
+def served(home: Path, writer: RecordingWriter, directory: Path | None = None) -> Iterator[tuple[Path, WriterService]]:
     directory = directory or registry_dir(home)
     path = socket_path(directory, writer.writer_id)
     listener = bind(path)
@@ -589,7 +500,7 @@ def served(home: Path, writer: FakeWriter, directory: Path | None = None) -> Ite
 
 
 def test_the_service_runs_each_event_and_passes_its_log_on(home: Path) -> None:
-    fake = FakeWriter()
+    fake = RecordingWriter()
     with served(home, fake) as (path, service):
         writer = RemoteWriter(path)
         assert writer.identity is not None and writer.identity.pid == os.getpid() and not writer.identity.frozen
@@ -609,7 +520,7 @@ def test_the_service_runs_each_event_and_passes_its_log_on(home: Path) -> None:
 
 
 def test_the_service_takes_restore_events_with_their_context_in_version_2(home: Path) -> None:
-    fake = FakeWriter()
+    fake = RecordingWriter()
     restore = RestoreContext(
         uuid.uuid4(), BackupType.COPY, Path("/restored"), ("cluster\\db",), {"cluster\\db": "label"}, "one"
     )
@@ -625,7 +536,7 @@ def test_the_service_takes_restore_events_with_their_context_in_version_2(home: 
 
 
 def test_the_service_speaks_version_1_to_an_old_coordinator_and_refuses_it_restores(home: Path) -> None:
-    fake = FakeWriter()
+    fake = RecordingWriter()
     with served(home, fake) as (path, _service), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         with unix_address(path) as address:
             sock.connect(address)
@@ -639,7 +550,7 @@ def test_the_service_speaks_version_1_to_an_old_coordinator_and_refuses_it_resto
 
 
 def test_the_service_aborts_when_its_coordinator_hangs_up_while_frozen(home: Path) -> None:
-    fake = FakeWriter()
+    fake = RecordingWriter()
     with served(home, fake) as (path, service):
         writer = RemoteWriter(path)
         s = session()
@@ -652,7 +563,7 @@ def test_the_service_aborts_when_its_coordinator_hangs_up_while_frozen(home: Pat
 
 
 def test_the_service_lets_go_when_the_freeze_window_runs_out_and_says_so_at_thaw(home: Path) -> None:
-    fake = FakeWriter()
+    fake = RecordingWriter()
     with served(home, fake) as (path, _service):
         writer = RemoteWriter(path)
         s = session(window_s=0.5)
@@ -669,7 +580,7 @@ def test_the_service_lets_go_when_the_freeze_window_runs_out_and_says_so_at_thaw
 
 
 def test_the_service_answers_an_overrun_at_the_deadline(home: Path) -> None:
-    fake = FakeWriter(freeze_s=1.2)
+    fake = RecordingWriter(freeze_s=1.2)
     with served(home, fake) as (path, _service):
         writer = RemoteWriter(path)
         s = session()
@@ -683,7 +594,7 @@ def test_the_service_answers_an_overrun_at_the_deadline(home: Path) -> None:
 
 
 def test_the_service_refuses_other_versions_and_cuts_off_garbage(home: Path) -> None:
-    fake = FakeWriter()
+    fake = RecordingWriter()
     with served(home, fake) as (path, _service), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         with unix_address(path) as address:
             sock.connect(address)
@@ -711,7 +622,7 @@ def test_the_service_refuses_a_coordinator_that_is_neither_root_nor_itself(home:
     shared = Path(os.environ.get("TMPDIR", "/tmp")) / f"snapport-test-{uuid.uuid4().hex[:8]}"
     shared.mkdir(mode=0o755)
     try:
-        fake = FakeWriter()
+        fake = RecordingWriter()
         with served(home, fake, shared) as (path, _service):
             path.chmod(0o666)
             client = (
@@ -736,11 +647,11 @@ WEDGED = """
 import socket, sys, time, uuid
 from snapport.writers.service import WriterService
 sys.path.insert(0, sys.argv[2])
-from tests.unit.writers.test_writer_protocol import FakeWriter
-writer = FakeWriter(freeze_s=3600)
+from tests.unit.writers.recording_writer import RecordingWriter
+writer = RecordingWriter(freeze_s=3600)
 writer.writer_id = uuid.UUID(sys.argv[3])
 from pathlib import Path
-from tests.unit.writers.test_writer_protocol import bind
+from tests.unit.writers.recording_writer import bind
 listener = bind(Path(sys.argv[1]))
 print("ready", flush=True)
 WriterService(writer, listener, wedge_grace_s=0.5).serve_forever()
