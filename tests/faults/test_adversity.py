@@ -50,8 +50,8 @@ def check(fault: str, action: str, invariants: dict[str, bool], note: str = "", 
 
 @pytest.fixture
 def world(scratch: Scratch, tmp_path: Path) -> Iterator[ArrayWorld]:
-    """An array on a scratch XFS (tests/integration/coordinator's world); whatever it still presents at the end is
-    unmounted and detached by exact device."""
+    """`tests.support.array_world`'s world on a smaller array (1 GiB of scratch XFS); whatever it still presents at
+    the end is unmounted and detached by exact device."""
     array_fs = scratch.filesystem("xfs", size_mb=1024, name="arrayfs")
     array = Array.init(array_fs.mount_point / "array", scratch.runner)
     w = ArrayWorld(scratch, tmp_path, array)
