@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapport.catalog import Catalog, catalog_url
+from snapport.model import EventKind
 from tests.support.array_world import HOST_ONE, ArrayWorld
 
 ROOT = Path(__file__).parents[2]  # the repository's root, on the writer processes' PYTHONPATH
@@ -31,7 +32,7 @@ def writer_events(world: ArrayWorld, set_id: str, writer_id: str) -> list[tuple[
 
 def set_events(world: ArrayWorld, set_id: str, kind: str) -> list[str]:
     with catalog(world) as c:
-        return [e.message for e in c.events(uuid.UUID(set_id), kind=kind)]
+        return [e.message for e in c.events(uuid.UUID(set_id), kind=EventKind(kind))]
 
 
 def running(pid: int) -> bool:
