@@ -27,9 +27,18 @@ def _sys_dir(device: str) -> Path:
     return Path("/sys/block") / device.removeprefix("/dev/") / "loop"
 
 
-def attach(runner: Runner, image: Path, *, read_only: bool = False) -> str:
-    """Attach `image` to a free loop device and return its path (e.g. /dev/loop7)."""
-    argv = ["losetup", "--find", "--show"] + (["--read-only"] if read_only else []) + [str(image)]
+def attach(
+    runner: Runner, image: Path, *, read_only: bool = False, direct_io: bool = False, device: str | None = None
+) -> str:
+    """Attach `image` to a free loop device (or to `device`, which must be free) and return its path (e.g.
+    /dev/loop7). `direct_io`: the loop device reads and writes the image with O_DIRECT, past the page cache of the
+    filesystem holding it (for an image served by a FUSE daemon, whose cached pages could outlive a change the
+    daemon made)."""
+    if device is not None:
+        _sys_dir(device)  # a loop device path, or refused
+    where = [device] if device is not None else ["--find"]
+    argv = ["losetup", *where, "--show"] + (["--read-only"] if read_only else [])
+    argv += (["--direct-io=on"] if direct_io else []) + [str(image)]
     device = runner.run(argv, timeout=30).stdout.strip()
     if not _LOOP.match(device):
         raise SystemCommandError(f"losetup returned {device!r} for {image}")

@@ -8,6 +8,7 @@ from snapport.errors import SnapportError, UsageError, VolumeNotSupported
 from snapport.model import Attr, Volume
 from snapport.providers.base import Capabilities, Provider, ProviderHost
 from snapport.providers.btrfs import BtrfsProvider
+from snapport.providers.ceph_rbd import CephRbdProvider
 from snapport.providers.reflink_array import ReflinkArrayProvider
 
 
@@ -23,9 +24,11 @@ class ProviderClass(Protocol):
     def __call__(self, host: ProviderHost) -> Provider: ...
 
 
-# In order of preference: an array LUN is snapshotted by the array even when it holds a btrfs filesystem.
+# In order of preference: the storage's own snapshots first (an array LUN or an RBD image is snapshotted by its
+# storage even when it holds a btrfs filesystem), as VSS prefers hardware providers.
 PROVIDERS: dict[str, ProviderClass] = {
     ReflinkArrayProvider.name: ReflinkArrayProvider,
+    CephRbdProvider.name: CephRbdProvider,
     BtrfsProvider.name: BtrfsProvider,
 }
 

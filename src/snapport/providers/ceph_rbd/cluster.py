@@ -1,0 +1,222 @@
+"""A host's Ceph cluster: its configuration (`$SNAPPORT_HOME/ceph.toml`), a connection through librados and
+librbd, and every librbd error turned into snapport's vocabulary with one line of what to do.
+
+`ceph.toml` names the cluster's configuration file, the cephx client this host is and its keyring (never an
+`auth = none` cluster), and how images are presented (`present = "auto" | "kernel" | "fuse"`)::
+
+    conf = "/etc/ceph/ceph.conf"
+    client = "snapport-production"            # cephx id: client.snapport-production
+    keyring = "/etc/ceph/ceph.client.snapport-production.keyring"
+    present = "auto"                          # the kernel client where /sys/bus/rbd exists, else rbd-fuse
+
+Why librbd and not the `rbd` command: a snapshot is taken inside the freeze window, and an `rbd` process costs
+~0.3 s to start where librbd's `create_snap` on an open connection takes ~20 ms (measured by `bench/ceph.py`;
+docs/architecture.md). The bindings are Debian's `python3-rados`/`python3-rbd`, linked into the virtual
+environment by `scripts/setup`; they are imported on first use, so a host without Ceph never loads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from snapport.errors import ConfigError, ObjectNotFound, ProviderError, ProviderVeto, SnapportError
+
+CONFIG_FILE = "ceph.toml"
+CONNECT_TIMEOUT_S = 10
+OP_TIMEOUT_S = 30
+_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$"
+
+
+class CephConfig(BaseModel):
+    """`$SNAPPORT_HOME/ceph.toml`: which cluster this host reaches, as which cephx client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conf: Path = Field(description="the cluster's ceph.conf")
+    client: str = Field(pattern=_NAME, description="this host's cephx id (client.<id>)")
+    keyring: Path = Field(description="the keyring of client.<id>")
+    present: Literal["auto", "kernel", "fuse"] = "auto"
+
+
+def config_path(home: Path) -> Path:
+    return home / CONFIG_FILE
+
+
+def load_config(home: Path) -> CephConfig | None:
+    """This host's Ceph configuration, or None when it has none (the provider then supports no volume)."""
+    path = config_path(home)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        return CephConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ImageRef:
+    """An RBD image by pool, namespace ("" for the default one) and name: `pool/name` or `pool/namespace/name`."""
+
+    pool: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, spec: str) -> ImageRef:
+        parts = spec.split("/")
+        if len(parts) == 2:
+            parts.insert(1, "")
+        if len(parts) != 3 or not all(_valid(p) for p in (parts[0], parts[2])) or (parts[1] and not _valid(parts[1])):
+            raise ObjectNotFound(f"{spec!r} is not an RBD image (POOL/IMAGE or POOL/NAMESPACE/IMAGE)")
+        return cls(parts[0], parts[1], parts[2])
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.pool, self.namespace, self.name) if p)
+
+
+def _valid(part: str) -> bool:
+    import re  # noqa: PLC0415
+
+    return bool(re.match(_NAME, part)) and part not in (".", "..")
+
+
+def _bindings() -> tuple[ModuleType, ModuleType]:
+    try:
+        return importlib.import_module("rados"), importlib.import_module("rbd")
+    except ImportError:
+        raise ProviderError(
+            "the Ceph client libraries are not installed (python3-rados, python3-rbd; ./scripts/setup links them)"
+        ) from None
+
+
+def translate(exc: BaseException, doing: str) -> SnapportError:
+    """A librados/librbd error as snapport's, in one line."""
+    name = type(exc).__name__
+    text = f"{doing}: {exc}"
+    if name in ("ImageNotFound", "ObjectNotFound"):
+        return ObjectNotFound(text)
+    if name in ("ImageBusy", "ImageHasSnapshots", "ImageExists", "ObjectBusy"):
+        return ProviderVeto(text)
+    if name in {"PermissionError", "PermissionDeniedError"}:
+        return ProviderError(f"{text}; check the cephx keyring and the caps of this host's client (docs/providers.md)")
+    if name == "TimedOut":
+        return ProviderError(f"{text}; the cluster did not answer (monitors or OSDs down, or unreachable)")
+    return ProviderError(text)
+
+
+class Cluster:
+    """One connection to the host's cluster, opened on first use and kept (a commit must not pay for it)."""
+
+    def __init__(self, config: CephConfig) -> None:
+        self.config = config
+        self._rados: Any = None
+        self._ioctx: dict[tuple[str, str], Any] = {}
+
+    @property
+    def rbd(self) -> ModuleType:
+        return _bindings()[1]
+
+    def connect(self) -> Any:
+        if self._rados is None:
+            rados, _ = _bindings()
+            for path in (self.config.conf, self.config.keyring):
+                if not path.is_file():
+                    raise ConfigError(f"{path} (named in ceph.toml) does not exist")
+            handle = rados.Rados(
+                conffile=str(self.config.conf),
+                rados_id=self.config.client,
+                conf={
+                    "keyring": str(self.config.keyring),
+                    "client_mount_timeout": str(CONNECT_TIMEOUT_S),
+                    "rados_mon_op_timeout": str(OP_TIMEOUT_S),
+                    "rados_osd_op_timeout": str(OP_TIMEOUT_S),
+                    "admin_socket": "",
+                    "log_file": "",
+                    "rbd_default_clone_format": "2",  # clones of unprotected snapshots (mimic and later)
+                },
+            )
+            try:
+                handle.connect(timeout=CONNECT_TIMEOUT_S)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    handle.shutdown()
+                raise translate(
+                    exc, f"cannot reach the Ceph cluster of {self.config.conf} as client.{self.config.client}"
+                ) from None
+            self._rados = handle
+        return self._rados
+
+    @property
+    def fsid(self) -> str:
+        return str(self.connect().get_fsid())
+
+    def ioctx(self, pool: str, namespace: str) -> Any:
+        key = (pool, namespace)
+        if key not in self._ioctx:
+            try:
+                io = self.connect().open_ioctx(pool)
+            except Exception as exc:
+                raise translate(exc, f"pool {pool!r}") from None
+            io.set_namespace(namespace)
+            self._ioctx[key] = io
+        return self._ioctx[key]
+
+    @contextlib.contextmanager
+    def image(self, ref: ImageRef, *, read_only: bool = False) -> Iterator[Any]:
+        """An open image; every librbd error inside the block comes out in snapport's vocabulary."""
+        try:
+            handle = self.rbd.Image(self.ioctx(ref.pool, ref.namespace), ref.name, read_only=read_only)
+        except SnapportError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"RBD image {ref}") from None
+        try:
+            yield handle
+        except SnapportError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"RBD image {ref}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                handle.close()
+
+    def call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` with librbd's errors translated."""
+        try:
+            return fn(*args, **kwargs)
+        except SnapportError:
+            raise
+        except Exception as exc:
+            raise translate(exc, doing) from None
+
+    def exists(self, ref: ImageRef) -> bool:
+        names = self.call(f"pool {ref.pool}", self.rbd.RBD().list, self.ioctx(ref.pool, ref.namespace))
+        return ref.name in names
+
+    def remove(self, ref: ImageRef) -> None:
+        """Remove an image (refused while a client has it open: `ProviderVeto`)."""
+        self.call(f"removing RBD image {ref}", self.rbd.RBD().remove, self.ioctx(ref.pool, ref.namespace), ref.name)
+
+    def close(self) -> None:
+        for io in self._ioctx.values():
+            with contextlib.suppress(Exception):
+                io.close()
+        self._ioctx.clear()
+        if self._rados is not None:
+            with contextlib.suppress(Exception):
+                self._rados.shutdown()
+            self._rados = None
