@@ -24,17 +24,22 @@ from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
 from snapport.providers.base import CatalogView, Leftover, Presentations, Provider, ProviderHost, SnapshotRequest
 from snapport.providers.btrfs import SNAPSHOT_DIR, owner_file
+from snapport.providers.ceph_rbd import CephRbdProvider, ImageRef
+from snapport.providers.ceph_rbd.presentation import FusePresenter
+from snapport.providers.ceph_rbd.records import clone_of
 from snapport.providers.reflink_array import Array
 from snapport.providers.registry import PROVIDERS, get_provider
 from tests.conftest import Scratch
+from tests.support.ceph import Admin, client_home
 
 pytestmark = [pytest.mark.root]
 
 HOST_A, HOST_B = "host-a", "host-b"
-CASES = ["reflink-array/xfs", "reflink-array/ext4", "btrfs"]
+CASES = ["reflink-array/xfs", "reflink-array/ext4", "ceph-rbd", "btrfs"]
 TOOLS = {
     "reflink-array/xfs": ("mkfs.xfs", "losetup"),
     "reflink-array/ext4": ("mkfs.xfs", "mkfs.ext4", "losetup"),
+    "ceph-rbd": ("mkfs.xfs", "losetup", "rbd-fuse"),
     "btrfs": ("mkfs.btrfs", "btrfs"),
 }
 
@@ -53,6 +58,7 @@ class Case:
     mount_original: Callable[[], None]
     presented: str | None = None  # the device the provider presents the volume at to its host, if it presents one
     array: Array | None = None
+    ceph: Admin | None = None
 
     @property
     def mount_point(self) -> Path:
@@ -133,6 +139,51 @@ def _btrfs_case(scratch: Scratch, tmp: Path) -> Case:
     return Case(a, b, volume, scratch, tmp, leftovers, unmount_original, mount_original)
 
 
+def _ceph_case(scratch: Scratch, tmp: Path, request: pytest.FixtureRequest) -> Case:
+    """An RBD image of a real cluster, presented to host A through rbd-fuse and a loop device, with XFS on it."""
+    site = request.getfixturevalue("ceph_site")
+    admin = Admin(site)
+    name = f"case-{uuid.uuid4().hex[:8]}"
+    ref = admin.create(name, 320 << 20)
+    a = CephRbdProvider(ProviderHost(HOST_A, client_home(tmp / "home-a", site), scratch.runner))
+    b = CephRbdProvider(ProviderHost(HOST_B, client_home(tmp / "home-b", site), scratch.runner))
+
+    def ours() -> list[str]:
+        return [n for n in admin.images() if n == name or n.startswith((f"{name}.", f"{name}-"))]
+
+    def remove_all() -> None:
+        for provider in (a, b):
+            for presented in provider.mine():
+                if presented.image.name in ours():
+                    provider.presenter.unpresent(presented.image)
+        for image in sorted(ours(), key=lambda n: n == name):  # the clones before their parent
+            admin.remove(image)
+        admin.close()
+
+    scratch.defer(remove_all, "unpresent and remove the case's images")
+    device = a.presenter.present(ref, read_only=False)
+    scratch.mkfs("xfs", device)
+    mount_point = scratch.mount(device, tmp / "volume", fs_type="xfs")
+    _, fs_uuid = mnt.fs_identity(scratch.runner, device)
+    volume = Volume(HOST_A, str(mount_point), "xfs", fs_uuid, device)
+
+    def leftovers() -> list[str]:
+        snaps = [f"snapshot {s}" for s in admin.snapshots(name)]
+        records = [f"record {k}" for k in admin.metadata(name) if k.startswith("snapport.")]
+        images = [f"image {n}" for n in ours() if n.startswith((f"{name}.set-", f"{name}.broken-"))]
+        presented = [f"presented {p.image} at {p.device}" for p in a.mine() + b.mine() if p.image.name != name]
+        return snaps + records + images + presented
+
+    def unmount_original() -> None:
+        mnt.unmount(scratch.runner, mount_point)
+        scratch.forget_mount(mount_point)
+
+    def mount_original() -> None:
+        scratch.mount(device, mount_point, fs_type="xfs")
+
+    return Case(a, b, volume, scratch, tmp, leftovers, unmount_original, mount_original, device, ceph=admin)
+
+
 @pytest.fixture(params=CASES)
 def case(request: pytest.FixtureRequest, scratch: Scratch, tmp_path: Path) -> Iterator[Case]:
     kind: str = request.param
@@ -141,6 +192,8 @@ def case(request: pytest.FixtureRequest, scratch: Scratch, tmp_path: Path) -> It
         pytest.skip(f"{kind}: {', '.join(missing)} not installed")
     if kind.startswith("reflink-array/"):
         yield _array_case(scratch, tmp_path, kind.split("/")[1])
+    elif kind == "ceph-rbd":
+        yield _ceph_case(scratch, tmp_path, request)
     else:
         yield _btrfs_case(scratch, tmp_path)
 
@@ -516,11 +569,82 @@ def _foreign_btrfs(case: Case) -> Foreign:
     return Foreign(theirs, planted, [notes.is_dir, unnamed.exists])
 
 
+def _ceph_provider(case: Case) -> tuple[CephRbdProvider, Admin, ImageRef]:
+    assert isinstance(case.provider, CephRbdProvider) and case.ceph is not None
+    image = case.provider.image_of(case.volume)
+    assert image is not None
+    return case.provider, case.ceph, image
+
+
+def _plant_ceph(case: Case) -> tuple[CatalogView, list[Planted]]:
+    """In the cluster: a snapshot whose set the catalog has deleted, with this host's import of it still
+    presented (a crash mid-delete); a snapshot whose set it never recorded; a record whose snapshot was never
+    taken (a crash between prepare and commit); and on this host an rbd-fuse mount with no loop device on it (a
+    present cut short)."""
+    provider, admin, image = _ceph_provider(case)
+    deleted_request, deleted = take_snapshot(case, Attr.TRANSPORTABLE)
+    _, absent = take_snapshot(case)
+    import_snapshot(case, provider, deleted)
+    never = SnapshotRequest(uuid.uuid4(), uuid.uuid4(), case.volume, Attr.NONE)
+    case.scratch.defer(lambda: provider.abort([never]), "abort the snapshot never taken")
+    provider.prepare([never])
+    stray = admin.create(f"{image.name}-stray", 16 << 20)
+    presenter = provider.presenter
+    assert isinstance(presenter, FusePresenter)
+    presenter.serve(stray)
+    point = presenter.mount_point(stray)
+    clone = clone_of(image, deleted_request.set_id)
+
+    def snapshot_gone(locator: Locator) -> Callable[[], bool]:
+        name = locator.property("snapshot") or ""
+        return lambda: (
+            name not in admin.snapshots(image.name)
+            and not [k for k in admin.metadata(image.name) if k.endswith(name.removeprefix("snapport-"))]
+        )
+
+    planted = [
+        Planted("rbd-clone", str(clone), lambda: clone.name not in admin.images()),
+        Planted("rbd-snapshot", f"{image}@{deleted.property('snapshot')}", snapshot_gone(deleted)),
+        Planted("rbd-snapshot", f"{image}@{absent.property('snapshot')}", snapshot_gone(absent)),
+        Planted(
+            "rbd-snapshot-record",
+            f"{image}#{never.snapshot_id}",
+            lambda: f"snapport.snapshot.{never.snapshot_id}" not in admin.metadata(image.name),
+        ),
+        Planted("rbd-fuse-mount", str(point), lambda: mnt.mount_at(point) is None),
+    ]
+    return view(recorded(deleted_request, deleted, SetState.DELETED)), planted
+
+
+def _foreign_ceph(case: Case) -> Foreign:
+    """Host B's snapshot of an image B presents (another home on this machine), ended in B's catalog; and an
+    image no set of A's names, with a snapshot named as snapport names them."""
+    _, admin, image = _ceph_provider(case)
+    other = case.other_host
+    assert isinstance(other, CephRbdProvider)
+    theirs_ref = admin.create(f"{image.name}-b", 64 << 20)
+    device_b = other.presenter.present(theirs_ref, read_only=False)
+    volume_b = Volume(HOST_B, str(case.tmp / "volume-b"), "xfs", "", device_b)
+    b_request, b_locator = take_snapshot(case, provider=other, volume=volume_b)
+    unnamed = admin.create(f"{image.name}-unnamed", 16 << 20)
+    with admin.rbd.Image(admin.io, unnamed.name) as handle:
+        handle.create_snap(f"snapport-{uuid.uuid4()}")
+    name = b_locator.property("snapshot")
+    planted = [Planted("rbd-snapshot", f"{theirs_ref}@{name}", lambda: name not in admin.snapshots(theirs_ref.name))]
+    theirs = view(recorded(b_request, b_locator, SetState.DELETED, host=HOST_B))
+    return Foreign(theirs, planted, [lambda: admin.snapshots(unnamed.name) != []])
+
+
 PLANTERS: dict[str, Callable[[Case], tuple[CatalogView, list[Planted]]]] = {
     "reflink-array": _plant_array,
+    "ceph-rbd": _plant_ceph,
     "btrfs": _plant_btrfs,
 }
-FOREIGNERS: dict[str, Callable[[Case], Foreign]] = {"reflink-array": _foreign_array, "btrfs": _foreign_btrfs}
+FOREIGNERS: dict[str, Callable[[Case], Foreign]] = {
+    "reflink-array": _foreign_array,
+    "ceph-rbd": _foreign_ceph,
+    "btrfs": _foreign_btrfs,
+}
 
 
 def test_every_provider_has_leftovers_planted() -> None:
@@ -584,14 +708,20 @@ def test_an_importer_releases_only_its_own_presentation_of_an_ended_set(case: Ca
         return
     device = import_snapshot(case, importer, locator)
     ended = view(recorded(request, locator, SetState.DELETED, host=HOST_B, imported=True, device=device))
-    assert locator.destination is not None
-    lun = locator.destination.lun_id
-    assert reported(importer, ended) == [("snapshot-lun", lun)]
+    if case.array is not None:
+        assert locator.destination is not None
+        expected, still_the_makers = ("snapshot-lun", locator.destination.lun_id), case.array.find
+    else:  # ceph-rbd: the importer's object is its clone; the snapshot is the maker's
+        _, admin, image = _ceph_provider(case)
+        expected = ("rbd-clone", str(clone_of(image, request.set_id)))
+        snapshots = lambda _key: locator.property("snapshot") in admin.snapshots(image.name)  # noqa: E731
+        still_the_makers = snapshots
+    assert reported(importer, ended) == [expected]
     assert provider.leftovers(maker) == ()
     (leftover,) = importer.leftovers(ended)
-    assert HOST_B in importer.remove_leftover(leftover, ended)
+    importer.remove_leftover(leftover, ended)
     assert loop.backing_file(device) is None
-    assert case.array is not None and case.array.find(lun) is not None  # the LUN is its maker's
+    assert still_the_makers(expected[1]) is not None and still_the_makers(expected[1]) is not False
     assert importer.leftovers(ended) == ()
     provider.delete(locator)
     assert case.leftovers() == []

@@ -95,7 +95,7 @@ class FusePresenter:
                     mode = "read-only" if known.read_only else "read-write"
                     raise BadState(f"RBD image {image} is presented {mode} at {known.device}; unpresent it first")
                 return known.device
-            self._serve(image)
+            self.serve(image)
             try:
                 return loop.attach(
                     self.runner, self.image_file(image), read_only=read_only, direct_io=True, device=device
@@ -104,7 +104,8 @@ class FusePresenter:
                 self._stop_serving(image)
                 raise
 
-    def _serve(self, image: ImageRef) -> None:
+    def serve(self, image: ImageRef) -> None:
+        """Start rbd-fuse serving `image` at its mount point (no loop device yet); idempotent."""
         point = self.mount_point(image)
         current = mnt.mount_at(point)
         if current is not None and current.fs_type == FUSE_TYPE and self.image_file(image).exists():
