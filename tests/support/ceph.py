@@ -11,7 +11,7 @@ import pytest
 
 from snapport.lab import ceph
 from snapport.lab.ceph import CephSite
-from snapport.providers.ceph_rbd.cluster import CONFIG_FILE, ImageRef
+from snapport.providers.ceph_rbd.cluster import ImageRef
 
 PRODUCTION, PROXY = "snapport-production", "snapport-proxy"
 
@@ -30,10 +30,7 @@ def ceph_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephSite]:
 
 def client_home(home: Path, site: CephSite, client: str = PRODUCTION, present: str = "fuse") -> Path:
     """Make `home` a client of the cluster (its ceph.toml)."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / CONFIG_FILE).write_text(
-        f'conf = "{site.conf}"\nclient = "{client}"\nkeyring = "{site.keyring(client)}"\npresent = "{present}"\n'
-    )
+    ceph.write_client_config(home, site, client, present=present)
     return home
 
 

@@ -15,7 +15,7 @@ from snapport.errors import SystemCommandError, UsageError
 from snapport.lab import Lab, LabConfig
 from snapport.lab import down as lab_down
 from snapport.lab import up as lab_up
-from snapport.lab.config import DEFAULT_AGENT_PORT, DEFAULT_DIR, DEFAULT_SUBNET, valid_subnet
+from snapport.lab.config import DEFAULT_AGENT_PORT, DEFAULT_DIR, DEFAULT_SUBNET, STORAGE, Storage, valid_subnet
 from snapport.lab.teardown import Outcome
 
 json_option = click.option(
@@ -54,6 +54,13 @@ def lab() -> None:
 @click.option(
     "--agents/--no-agents", default=None, help="Start the agents [default: when `snapport agent serve` exists]."
 )
+@click.option(
+    "--storage",
+    type=click.Choice(STORAGE),
+    default="array",
+    show_default=True,
+    help="Where the data volume lives: the file-backed array, or an RBD image of a Ceph cluster the lab starts.",
+)
 @json_option
 def up(
     directory: Path,
@@ -63,6 +70,7 @@ def up(
     data_size: str,
     agent_port: int,
     agents: bool | None,
+    storage: Storage,
     as_json: bool,
 ) -> None:
     """Build the lab; refused while a lab is up in DIR. A failure removes what was made."""
@@ -74,6 +82,7 @@ def up(
         data_size=parse_size(data_size),
         agent_port=agent_port,
         agents=agents,
+        storage=storage,
     )
     made = lab_up(config, on_step=lambda step, detail: _progress(as_json, "step", step, detail))
     if as_json:

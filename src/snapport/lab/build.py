@@ -6,10 +6,14 @@ Steps, in order (each is also a fault point `lab.<step>`, hit once the step is d
     veth         a veth pair made inside them (`lab0` on each side), addresses from 198.18.0.0/15, links up
     link-check   each host reaches the other (a TCP handshake or its reset: the lab has no ping)
     array        an XFS image on a loop device mounted at DIR/array-fs in the machine's mount namespace (so both
-                 hosts see it, as they would a SAN), and a file-backed array in it
+                 hosts see it, as they would a SAN), and a file-backed array in it; or, with `storage="ceph"`:
+    ceph         a Ceph cluster (`snapport.lab.ceph`) in DIR/ceph, its daemons in systemOne's network namespace
+                 bound to systemOne's address (systemTwo reaches it over the veth, as a real host reaches a
+                 cluster), cephx; each home gets a `ceph.toml` (systemOne the production client, systemTwo the proxy)
     homes        DIR/homes/<host> (SNAPPORT_HOME), DIR/run/<host> (SNAPPORT_RUN_DIR), DIR/logs
     holders      per host, a process holding a mount namespace of its own inside the host's network namespace
-    data-volume  a LUN presented to systemOne, XFS on it, mounted at /srv/data on systemOne only
+    data-volume  a LUN presented to systemOne (or the RBD image `data`, presented by `snapport rbd present` on
+                 systemOne), XFS on it, mounted at /srv/data on systemOne only
     sample-app   the SQLite application writing to /srv/data without pause
     agents       certificates and `snapport agent serve` on each host, when the agent is built
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import os
 import shutil
 import sys
@@ -28,16 +33,18 @@ from typing import TypeVar
 
 from snapport import faults
 from snapport.errors import BadState, SystemCommandError
-from snapport.lab import agents, network, process, state
-from snapport.lab.config import DATA_MOUNT, HOSTS, LINK, ONE, LabConfig
+from snapport.lab import agents, ceph, network, process, state
+from snapport.lab.config import DATA_IMAGE, DATA_MOUNT, HOSTS, LINK, ONE, LabConfig
 from snapport.lab.handle import COMMIT_LOG, Lab
 from snapport.lab.host import HOLDER_ARGV, LabHost, holder_launcher
 from snapport.lab.state import (
     AnyRecord,
     ArrayRecord,
+    CephRecord,
     DirRecord,
     FileRecord,
     HostState,
+    ImageRecord,
     LabState,
     LoopRecord,
     LunRecord,
@@ -141,6 +148,7 @@ class _Builder:
             suffix=config.suffix,
             subnet=str(config.subnet),
             agent_port=config.agent_port,
+            storage=config.storage,
             created_dir=created_dir,
             hosts=[
                 HostState(
@@ -199,10 +207,16 @@ class _Builder:
         self.netns()
         self.veth()
         self.link_check()
-        self.array()
+        if self.config.storage == "ceph":
+            self.ceph_cluster()
+        else:
+            self.array()
         self.homes()
         self.holders()
-        self.data_volume()
+        if self.config.storage == "ceph":
+            self.rbd_data_volume()
+        else:
+            self.data_volume()
         self.sample_app()
         self.agents()
         self.state.status = "up"
@@ -258,6 +272,18 @@ class _Builder:
         self.made(array_record)
         self.done("array", f"{array_record.path} (XFS on {loop_record.device}, {image})")
 
+    def ceph_cluster(self) -> None:
+        one = next(h for h in self.state.hosts if h.name == ONE.name)
+        record = self.intend(CephRecord(step="ceph", path=str(self.directory / "ceph")))
+        address = str(ipaddress.IPv4Interface(one.address).ip)
+        site = ceph.up(Path(record.path), address=address, launcher=["ip", "netns", "exec", one.netns])
+        self.made(record)
+        self.done("ceph", f"Ceph cluster {site.fsid} at {site.mon_address} (in {one.netns}), pool {site.pool}")
+
+    def _ceph_site(self) -> ceph.CephSite:
+        found = [r for r in self.state.records if isinstance(r, CephRecord)]
+        return ceph.site(Path(found[0].path))
+
     def homes(self) -> None:
         for sub in ("homes", "run", "logs"):
             path = self.directory / sub
@@ -265,6 +291,11 @@ class _Builder:
         for host in self.state.hosts:
             Path(host.home).mkdir(mode=0o700)
             Path(host.run_dir).mkdir(mode=0o755)
+        if self.config.storage == "ceph":
+            site = self._ceph_site()
+            for host in self.state.hosts:
+                client = "snapport-production" if host.name == ONE.name else "snapport-proxy"
+                ceph.write_client_config(Path(host.home), site, client)
         self.done("homes", ", ".join(f"{h.name}: {h.home}" for h in self.state.hosts))
 
     def holders(self) -> None:
@@ -309,6 +340,28 @@ class _Builder:
             lambda: one.run(["mount", "-t", "xfs", lun_record.device or "", str(DATA_MOUNT)]),
         )
         self.done("data-volume", f"LUN {lun.id} on {lun_record.device}, mounted at {DATA_MOUNT} on {one.name} only")
+
+    def rbd_data_volume(self) -> None:
+        one = self.host(ONE.name)
+        site = self._ceph_site()
+        spec = f"{site.pool}/{DATA_IMAGE}"
+        record = self.intend(ImageRecord(step="data-volume", host=one.name, image=spec))
+        ceph.create_image(site, DATA_IMAGE, self.config.data_size, runner=self.runner)
+        presented = one.run(agents.snapport_argv("rbd", "present", spec, "--json"), timeout=120)
+        record.device = str(json.loads(presented.stdout)["device"])
+        self.made(record)
+        self.runner.run(["mkfs.xfs", "-q", "-f", record.device], timeout=300)
+        srv = DATA_MOUNT.parent
+        self.make(
+            MountRecord(step="data-volume", path=str(srv), source="tmpfs", host=one.name),
+            lambda: one.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "snapport-lab", str(srv)]),
+        )
+        one.run(["mkdir", str(DATA_MOUNT)])
+        self.make(
+            MountRecord(step="data-volume", path=str(DATA_MOUNT), source=record.device, host=one.name),
+            lambda: one.run(["mount", "-t", "xfs", record.device or "", str(DATA_MOUNT)]),
+        )
+        self.done("data-volume", f"RBD image {spec} on {record.device}, mounted at {DATA_MOUNT} on {one.name} only")
 
     def _array(self) -> Array:
         found = [r for r in self.state.records if isinstance(r, ArrayRecord)]

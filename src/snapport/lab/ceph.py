@@ -276,6 +276,24 @@ def site(directory: Path) -> CephSite:
     return CephSite(directory.absolute(), state.fsid, state.address, state.port, state.pool)
 
 
+def write_client_config(home: Path, site: CephSite, client: str, *, present: str = "fuse") -> Path:
+    """Make `home` a client of the cluster as `client.<client>`: its `ceph.toml` (docs/providers.md)."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "ceph.toml"
+    keyring = site.keyring(client)
+    path.write_text(f'conf = "{site.conf}"\nclient = "{client}"\nkeyring = "{keyring}"\npresent = "{present}"\n')
+    return path
+
+
+def create_image(site: CephSite, name: str, size: int, *, runner: Runner | None = None) -> None:
+    """Create an RBD image in the cluster's pool, as its administrator (where the cluster's daemons run)."""
+    state = _load(site.directory)
+    launcher = state.launcher if state is not None else []
+    admin = ["rbd", "-c", str(site.conf), "-n", "client.admin", "-k", str(site.keyring("admin")), "--no-progress"]
+    argv = [*launcher, *admin, "create", "--size", f"{size // (1 << 20)}M", f"{site.pool}/{name}"]
+    (runner or SubprocessRunner()).run(argv, timeout=60)
+
+
 def _load(directory: Path) -> ClusterState | None:
     path = directory / STATE_FILE
     if not path.exists():

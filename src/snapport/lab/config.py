@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from snapport.errors import UsageError
 
@@ -17,6 +18,9 @@ DEFAULT_ARRAY_SIZE = 8 << 30
 DEFAULT_DATA_SIZE = 1 << 30
 DEFAULT_AGENT_PORT = 8443
 DATA_MOUNT = Path("/srv/data")
+DATA_IMAGE = "data"  # the data volume's RBD image, in the lab cluster's pool, with `--storage ceph`
+STORAGE = ("array", "ceph")
+Storage = Literal["array", "ceph"]
 LINK = "lab0"  # the veth end's name inside each host's network namespace
 
 _SUFFIX = re.compile(r"^[a-z0-9]{1,16}$")
@@ -67,6 +71,7 @@ class LabConfig:
     data_size: int = DEFAULT_DATA_SIZE
     agent_port: int = DEFAULT_AGENT_PORT
     agents: bool | None = None  # None: start them if `snapport agent serve` exists
+    storage: Storage = "array"  # where the data volume lives: the file-backed array, or RBD on a Ceph cluster
 
     def __post_init__(self) -> None:
         valid_suffix(self.suffix)
@@ -75,6 +80,8 @@ class LabConfig:
             raise UsageError("the data volume needs at least 320 MiB (XFS), in whole 512-byte sectors")
         if self.array_size < self.data_size + (256 << 20):
             raise UsageError("the array filesystem must exceed the data volume by at least 256 MiB")
+        if self.storage not in STORAGE:
+            raise UsageError(f"{self.storage!r} is not a lab storage ({', '.join(STORAGE)})")
         if not 1 <= self.agent_port <= 65535:
             raise UsageError(f"{self.agent_port} is not a TCP port")
 

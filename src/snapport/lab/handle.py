@@ -9,7 +9,7 @@ from snapport.errors import ObjectNotFound, UsageError
 from snapport.lab import process, state
 from snapport.lab.config import DATA_MOUNT, HOSTS
 from snapport.lab.host import LabHost
-from snapport.lab.state import ArrayRecord, LabState, LunRecord, ProcessRecord
+from snapport.lab.state import ArrayRecord, ImageRecord, LabState, LunRecord, ProcessRecord
 from snapport.osal.runner import Runner, SubprocessRunner
 
 COMMIT_LOG = "sample-app.log"  # in systemOne's home: off the data volume, so it survives what happens to it
@@ -77,6 +77,7 @@ class Lab:
     def summary(self) -> dict[str, Any]:
         """What `lab up --json` and `lab status --json` print."""
         luns = [r for r in self.state.records if isinstance(r, LunRecord)]
+        images = [r for r in self.state.records if isinstance(r, ImageRecord)]
         hosts = {}
         for host in self.hosts.values():
             procs = {}
@@ -102,12 +103,14 @@ class Lab:
             "suffix": self.state.suffix,
             "subnet": self.state.subnet,
             "agent_port": self.state.agent_port,
+            "storage": self.state.storage,
             "hosts": hosts,
             "array": next((r.path for r in self.state.records if isinstance(r, ArrayRecord)), None),
             "data_volume": {
                 "lun": luns[0].lun_id if luns else None,
-                "device": luns[0].device if luns else None,
-                "host": luns[0].host if luns else None,
+                "image": images[0].image if images else None,
+                "device": luns[0].device if luns else images[0].device if images else None,
+                "host": luns[0].host if luns else images[0].host if images else None,
                 "mount": str(DATA_MOUNT),
                 "commit_log": str(self.commit_log) if self.state.hosts else None,
             },

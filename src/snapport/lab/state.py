@@ -104,6 +104,22 @@ class ProcessRecord(RecordBase):
     log: str | None = None
 
 
+class CephRecord(RecordBase):
+    """The lab's Ceph cluster (`snapport.lab.ceph`): its directory, whose own state file records its daemons."""
+
+    kind: Literal["ceph"] = "ceph"
+    path: str
+
+
+class ImageRecord(RecordBase):
+    """An RBD image of the lab cluster, presented to `host` through rbd-fuse and a loop device."""
+
+    kind: Literal["rbd-image"] = "rbd-image"
+    host: str
+    image: str  # POOL/NAME
+    device: str | None = None
+
+
 class NoteRecord(RecordBase):
     """Something `up` decided without making anything (a step skipped, a check passed)."""
 
@@ -121,6 +137,8 @@ AnyRecord = (
     | ArrayRecord
     | LunRecord
     | ProcessRecord
+    | CephRecord
+    | ImageRecord
     | NoteRecord
 )
 Record = Annotated[AnyRecord, Field(discriminator="kind")]
@@ -150,6 +168,7 @@ class LabState(BaseModel):
     suffix: str
     subnet: str
     agent_port: int
+    storage: Literal["array", "ceph"] = "array"
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     created_dir: bool = False  # `up` made DIR itself: `down` removes it once empty
     status: Literal["building", "up", "failed"] = "building"

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from snapport.errors import BadState, ObjectNotFound, SnapportError
-from snapport.lab import network, process, state
+from snapport.lab import ceph, network, process, state
 from snapport.lab.host import LabHost
 from snapport.lab.state import (
     ArrayRecord,
+    CephRecord,
     DirRecord,
     FileRecord,
+    ImageRecord,
     LabState,
     LoopRecord,
     LunRecord,
@@ -137,6 +140,10 @@ def describe(record: Record) -> str:
         return f"LUN {record.lun_id or '?'} presented to {record.host} as {record.device or '?'}"
     if isinstance(record, ProcessRecord):
         return f"{record.role} of {record.host} (pid {record.pid or '?'})"
+    if isinstance(record, CephRecord):
+        return f"Ceph cluster in {record.path}"
+    if isinstance(record, ImageRecord):
+        return f"RBD image {record.image} presented to {record.host} as {record.device or '?'}"
     return f"note: {record.text}"
 
 
@@ -154,6 +161,8 @@ def _exists(record: Record, runner: Runner) -> bool:
         return record.host is None and mnt.mount_at(record.path) is not None
     if isinstance(record, LoopRecord):
         return bool(_loop_devices(record, runner))
+    if isinstance(record, CephRecord):
+        return bool(ceph.status(Path(record.path)).get("up"))
     return False
 
 
@@ -213,6 +222,11 @@ class _Undo:
             return (GONE, "") if gone else (REMOVED, "")
         if isinstance(record, NetnsRecord):
             return self.netns(record)
+        if isinstance(record, ImageRecord):
+            return self.image(record)
+        if isinstance(record, CephRecord):
+            done = ceph.down(Path(record.path))
+            return (REMOVED, "; ".join(done)) if done else (GONE, "")
         return GONE, ""  # a note
 
     def process(self, record: ProcessRecord) -> tuple[str, str]:
@@ -260,6 +274,25 @@ class _Undo:
             raise BadState(f"{', '.join(still)} stays attached: something still holds it open")
         array.delete_lun(record.lun_id)
         return REMOVED, f"detached {', '.join(detached)}" if detached else "deleted"
+
+    def image(self, record: ImageRecord) -> tuple[str, str]:
+        """Unpresent the image on its host (`snapport rbd unpresent`); with the host gone, detach the loop devices
+        still backed by the host's rbd-fuse file of it (its daemon ends with them)."""
+        if record.device is None:
+            return GONE, "never presented"
+        host = self.host(record.host)
+        if host is not None:
+            self._refuse_if_mounted_on_a_host(record.device)
+            argv = [sys.executable, "-m", "snapport", "rbd", "unpresent", record.image, "--json"]
+            done = host.run(argv, timeout=120)
+            return REMOVED, done.stdout.strip()
+        spec = next(h for h in self.state.hosts if h.name == record.host)
+        pool, _, name = record.image.partition("/")
+        backing = str(Path(spec.home) / "rbd" / pool / "-" / name / name)
+        stale = [d.device for d in loop.attached(self.runner) if d.backing_file == backing]
+        for device in stale:
+            loop.detach(self.runner, device)
+        return (REMOVED, f"detached {', '.join(stale)}") if stale else (GONE, "")
 
     def array(self, record: ArrayRecord) -> tuple[str, str]:
         """Release every LUN of the lab's array still presented (e.g. snapshots a demo imported): the array's
