@@ -12,17 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from snapport.lab import ceph
 from tests.support.lab import leftovers
 from tests.support.lab_under_test import E2E_MARKS
 
 pytestmark = [*E2E_MARKS, pytest.mark.timeout(900)]
 
 
-def test_the_demo_reports_a_consistent_copy_and_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["array", "ceph"])
+def test_the_demo_reports_a_consistent_copy_and_leaves_nothing(tmp_path: Path, storage: str) -> None:
+    if storage == "ceph" and (reason := ceph.unavailable()) is not None:
+        pytest.skip(reason)
     lab_dir = tmp_path / "lab"
     repo = tmp_path / "kept-repo"
     run = subprocess.run(
-        [sys.executable, "-m", "snapport", "demo", "--json", "--keep-repo", str(repo)],
+        [sys.executable, "-m", "snapport", "demo", "--json", "--keep-repo", str(repo), "--storage", storage],
         capture_output=True,
         text=True,
         timeout=840,
@@ -32,9 +36,10 @@ def test_the_demo_reports_a_consistent_copy_and_leaves_nothing(tmp_path: Path) -
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
     assert set(summary) == {
-        "set_id", "consistent", "freeze_window_ms", "import_ms", "backup_mib_s", "systemone_cpu_s", "systemtwo_cpu_s"
+        "set_id", "consistent", "freeze_window_ms", "import_ms", "backup_mib_s", "systemone_cpu_s", "systemtwo_cpu_s",
+        "storage",
     }  # fmt: skip
-    assert summary["consistent"] is True
+    assert summary["consistent"] is True and summary["storage"] == storage
     assert summary["freeze_window_ms"] > 0 and summary["import_ms"] > 0 and summary["backup_mib_s"] > 0
     assert 0 < summary["systemone_cpu_s"] < summary["systemtwo_cpu_s"]  # the production host pays little
     kept = subprocess.run(

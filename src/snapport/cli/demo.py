@@ -18,8 +18,15 @@ from snapport.cli.env import json_option
     default=None,
     help="Keep the backup repository in DIR (absent or empty) [default: a temporary one, removed].",
 )
+@click.option(
+    "--storage",
+    type=click.Choice(["array", "ceph"]),
+    default="array",
+    show_default=True,
+    help="The data volume on the file-backed array, or on an RBD image of a Ceph cluster the lab starts.",
+)
 @json_option
-def demo(keep_repo: Path | None, as_json: bool) -> None:
+def demo(keep_repo: Path | None, storage: str, as_json: bool) -> None:
     """Run the two-host lab end to end: an off-host backup from systemOne to systemTwo, checked and timed."""
     from snapport.lab.demo import run_demo  # noqa: PLC0415
 
@@ -29,7 +36,7 @@ def demo(keep_repo: Path | None, as_json: bool) -> None:
         else:
             click.echo(text, err=True)
 
-    report = run_demo(keep_repo, say)
+    report = run_demo(keep_repo, say, storage)
     summary = report.summary()
     if as_json:
         click.echo(json.dumps(summary))
@@ -38,7 +45,7 @@ def demo(keep_repo: Path | None, as_json: bool) -> None:
         lines = [
             f"set {summary['set_id']}",
             f"  freeze window      {summary['freeze_window_ms']:8.1f} ms   (writers frozen on systemOne)",
-            f"  import             {summary['import_ms']:8.1f} ms   (systemTwo presents the snapshot LUN)",
+            f"  import             {summary['import_ms']:8.1f} ms   (systemTwo presents the snapshot, on {storage})",
             f"  backup             {backup.backup_s or 0:8.2f} s    {backup.bytes / 2**20:.1f} MiB at "
             f"{summary['backup_mib_s']} MiB/s",
             f"  CPU on systemOne   {summary['systemone_cpu_s']:8.3f} s    (its agent, whole off-host backup)",

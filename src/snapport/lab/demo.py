@@ -69,6 +69,7 @@ class DemoReport:
     systemone_cpu_s: float
     systemtwo_cpu_s: float
     repository: Path
+    storage: str
 
     @property
     def backup_mib_s(self) -> float:
@@ -85,6 +86,7 @@ class DemoReport:
             "backup_mib_s": self.backup_mib_s,
             "systemone_cpu_s": self.systemone_cpu_s,
             "systemtwo_cpu_s": self.systemtwo_cpu_s,
+            "storage": self.storage,
         }
 
 
@@ -166,8 +168,9 @@ def _backup(lab: Lab, repo: Path, say: Say) -> BackupOutput:
     return BackupOutput.model_validate_json(out)
 
 
-def run_demo(keep_repo: Path | None, say: Say) -> DemoReport:
-    """The whole demo; the lab is down when it returns or raises."""
+def run_demo(keep_repo: Path | None, say: Say, storage: str = "array") -> DemoReport:
+    """The whole demo, its data volume on `storage` (the file-backed array, or RBD on a Ceph cluster the lab
+    starts); the lab is down when it returns or raises."""
     if os.geteuid() != 0:
         raise UsageError("the demo makes namespaces, loop devices and mounts: run it as root")
     if keep_repo is not None and keep_repo.exists() and any(keep_repo.iterdir()):
@@ -176,13 +179,16 @@ def run_demo(keep_repo: Path | None, say: Say) -> DemoReport:
     lab_dir = Path(os.environ.get("SNAPPORT_LAB_DIR") or scratch / "lab")
     repo = (keep_repo or scratch / "repo").absolute()
     suffix = f"demo{uuid.uuid4().hex[:6]}"
-    up = subprocess.run(_snapport("lab", "up", "--dir", str(lab_dir), "--suffix", suffix, "--array-size", "2G"),
-                        capture_output=True, text=True, check=False)  # fmt: skip
+    up_argv = _snapport(
+        "lab", "up", "--dir", str(lab_dir), "--suffix", suffix, "--array-size", "2G", "--storage", storage
+    )
+    up = subprocess.run(up_argv, capture_output=True, text=True, check=False)
     try:
         if up.returncode != 0:
             raise SystemCommandError(f"lab up failed: {(up.stderr.strip().splitlines() or ['?'])[-1]}")
         lab = Lab.open(lab_dir)
-        say(f"lab up in {lab_dir} (namespaces *-{suffix}); the sample app writes {lab.data_mount}/app.db")
+        on = "an RBD image of the lab's Ceph cluster" if storage == "ceph" else "a LUN of the file-backed array"
+        say(f"lab up in {lab_dir} (namespaces *-{suffix}); the sample app writes {lab.data_mount}/app.db on {on}")
         bulk = f"{lab.data_mount}/bulk.bin"
         lab.one.run(["dd", "if=/dev/urandom", f"of={bulk}", "bs=1M", f"count={BULK_MIB}", "conv=fsync"], timeout=300)
         _wait_for_load(lab.commit_log)
@@ -206,4 +212,4 @@ def run_demo(keep_repo: Path | None, say: Say) -> DemoReport:
             shutil.rmtree(scratch / "lab", ignore_errors=True)
     if down.returncode != 0:
         raise SystemCommandError(f"lab down left something: {(down.stderr.strip().splitlines() or ['?'])[-1]}")
-    return DemoReport(backup, check, cpu["systemOne"], cpu["systemTwo"], repo)
+    return DemoReport(backup, check, cpu["systemOne"], cpu["systemTwo"], repo, storage)
