@@ -156,12 +156,12 @@ def wait_until(condition: Any, *, timeout_s: float, what: str) -> None:
 L = TypeVar("L", bound="LabUnderTest")
 
 
-def running_lab(tmp_path_factory: pytest.TempPathFactory, name: str, cls: type[L]) -> Iterator[L]:
-    """One lab for a module: up, handed out as `cls`, then what the tests started released, `lab down`, and
-    nothing of the lab left behind."""
+def running_lab(tmp_path_factory: pytest.TempPathFactory, name: str, cls: type[L], *options: str) -> Iterator[L]:
+    """One lab for a module (`options`: more of `lab up`'s, e.g. `--storage ceph`): up, handed out as `cls`, then
+    what the tests started released, `lab down`, and nothing of the lab left behind."""
     directory = tmp_path_factory.mktemp(name) / "lab"
     suffix = new_suffix()
-    up = snapport("lab", "up", "--dir", str(directory), "--suffix", suffix, *SMALL, "--json", timeout=300)
+    up = snapport("lab", "up", "--dir", str(directory), "--suffix", suffix, *SMALL, *options, "--json", timeout=300)
     under_test: L | None = None
     try:
         assert up.returncode == 0, up.stderr

@@ -285,13 +285,19 @@ def write_client_config(home: Path, site: CephSite, client: str, *, present: str
     return path
 
 
-def create_image(site: CephSite, name: str, size: int, *, runner: Runner | None = None) -> None:
-    """Create an RBD image in the cluster's pool, as its administrator (where the cluster's daemons run)."""
+def admin(site: CephSite, tool: str, *args: str, runner: Runner | None = None, timeout: float = 60.0) -> str:
+    """`tool` (`ceph` or `rbd`) as the cluster's administrator, run where its daemons run (in a lab host's network
+    namespace, when the lab started it there); its output."""
     state = _load(site.directory)
     launcher = state.launcher if state is not None else []
-    admin = ["rbd", "-c", str(site.conf), "-n", "client.admin", "-k", str(site.keyring("admin")), "--no-progress"]
-    argv = [*launcher, *admin, "create", "--size", f"{size // (1 << 20)}M", f"{site.pool}/{name}"]
-    (runner or SubprocessRunner()).run(argv, timeout=60)
+    who = ["-c", str(site.conf), "-n", "client.admin", "-k", str(site.keyring("admin"))]
+    quiet = ["--no-progress"] if tool == "rbd" else []
+    return (runner or SubprocessRunner()).run([*launcher, tool, *who, *quiet, *args], timeout=timeout).stdout
+
+
+def create_image(site: CephSite, name: str, size: int, *, runner: Runner | None = None) -> None:
+    """Create an RBD image in the cluster's pool, as its administrator."""
+    admin(site, "rbd", "create", "--size", f"{size // (1 << 20)}M", f"{site.pool}/{name}", runner=runner)
 
 
 def _load(directory: Path) -> ClusterState | None:
