@@ -6,7 +6,10 @@ from __future__ import annotations
 from snapport.faults import POINTS
 
 ONE, TWO = "agent one", "agent two"  # systemOne's (production) agent, the proxy's agent
-HOST_OF = {ONE: "one", TWO: "two"}
+# The same agents in a lab whose storage is a Ceph cluster (`lab up --storage ceph`): the provider's own steps.
+CEPH_ONE, CEPH_TWO = "agent one (ceph)", "agent two (ceph)"
+HOST_OF = {ONE: "one", TWO: "two", CEPH_ONE: "one", CEPH_TWO: "two"}
+CEPH = frozenset({CEPH_ONE, CEPH_TWO})
 ACTIONS = ("kill", "raise")
 
 ON_ONE = (
@@ -55,9 +58,13 @@ OFF_FLOW = {
 }
 # A point the flow passes only on a failure path is led to by another fault first (SNAPPORT_FAULT takes a list).
 PRIMERS = {"writer.abort": "writer.freeze:raise"}
+# On Ceph, the points where the provider acts: its prepare and commit (a snapshot per image, frozen), the import
+# (a clone, presented through rbd-fuse), the expose, and the delete on both hosts.
+CEPH_ON_ONE = ("provider.prepare", "provider.commit", "provider.post-commit", "set.delete")
+CEPH_ON_TWO = ("set.import", "set.expose", "engine.backup", "set.unexpose", "set.delete")
 CASES: tuple[tuple[str, str, str], ...] = tuple(
     (point, action, process)
-    for process, points in ((ONE, ON_ONE), (TWO, ON_TWO))
+    for process, points in ((ONE, ON_ONE), (TWO, ON_TWO), (CEPH_ONE, CEPH_ON_ONE), (CEPH_TWO, CEPH_ON_TWO))
     for point in points
     for action in ACTIONS
 )
@@ -92,9 +99,12 @@ set still deleting is stuck; what doctor repaired is in the note), and the invar
 `writer.abort` is reached on a failure path only: its cases set `writer.freeze:raise` too (PRIMERS).
 *outcome* is how the `snapport offhost-backup` command ended (`ok` or the error's name). A point the flow never
 reached in a case is marked *not reached* and its invariant cells are empty: it is not counted as passing.
-The lab runs with a 5 s lease and a 4 s freeze bound. The other rows (process `cli`, `proxy`, ...) come from
-`tests/faults/test_adversity.py`: the repository's disk full, the array unwritable, a hung writer, two proxies
-racing for one set, the proxy's clock off by an hour.
+The lab runs with a 5 s lease and a 4 s freeze bound. The rows of *agent one (ceph)* and *agent two (ceph)* run
+the provider's own points in a second lab whose data volume is an RBD image of a Ceph cluster the lab starts
+(`lab up --storage ceph`); there, *no_leftovers* means no snapshot or snapport record on the data image, no
+clone in the pool, and no rbd-fuse mount or loop device but the data volume's. The other rows (process `cli`,
+`proxy`, ...) come from `tests/faults/test_adversity.py`: the repository's disk full, the array unwritable, a
+hung writer, two proxies racing for one set, the proxy's clock off by an hour.
 
 Points that the off-host flow never passes (restores, `lab up`) are tried elsewhere:
 """

@@ -3,18 +3,25 @@ two-host lab whose agents (either host's) can be restarted with a fault set."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from snapport.lab import ceph
 from snapport.lab.agents import serve_argv, wait_listening
+from snapport.lab.config import DATA_IMAGE
 from snapport.osal import loop
+from snapport.osal.runner import SubprocessRunner
+from snapport.providers.ceph_rbd.presentation import FUSE_TYPE
 from snapport.providers.reflink_array.array import Array
 from tests.faults import reliability
 from tests.faults.cases import OFF_FLOW, PREAMBLE
@@ -82,10 +89,24 @@ class FaultLab(LabUnderTest):
         self.stop_agent(key)
         self.start_agent(key, env)
 
-    def scrub(self) -> list[str]:
-        """Remove what a failed case left, each by its exact name: mounts under either host's run directory, then
-        every snapshot LUN of the array (unpresented from the hosts it names, its loop devices detached); what was
-        removed. Only after the case's invariants were recorded: it never hides a failure."""
+    def storage_leftovers(self) -> list[str]:
+        """What the storage keeps of the sets: snapshot LUNs and orphan images of the array, loop devices on an
+        array image but the data volume's."""
+        array = Array.open(self.lab.array_path)
+        data_lun = self.lab.data_lun.lun_id
+        assert data_lun is not None
+        left = [f"LUN {lun.id} (set {lun.snapshot_of_set})" for lun in array.luns() if lun.id != data_lun]
+        left += [f"orphan image {p.name}" for p in array.orphan_images()]
+        data_image = str(array.image(data_lun))
+        luns_dir = str(array.image(data_lun).parent) + "/"
+        left += [
+            f"loop {d.device} on {d.backing_file}"
+            for d in loop.attached(SubprocessRunner())
+            if d.backing_file.startswith(luns_dir) and d.backing_file != data_image
+        ]
+        return left
+
+    def unmount_run_dirs(self) -> list[str]:
         removed = []
         for key in ("one", "two"):
             host = self.lab.host(key)
@@ -94,6 +115,13 @@ class FaultLab(LabUnderTest):
                 if m.mount_point.startswith(run_dir):
                     host.run(["umount", m.mount_point], timeout=60, check=False)
                     removed.append(f"mount {m.mount_point} on {key}")
+        return removed
+
+    def scrub(self) -> list[str]:
+        """Remove what a failed case left, each by its exact name: mounts under either host's run directory, then
+        every snapshot LUN of the array (unpresented from the hosts it names, its loop devices detached); what was
+        removed. Only after the case's invariants were recorded: it never hides a failure."""
+        removed = self.unmount_run_dirs()
         array = Array.open(self.lab.array_path)
         for lun in array.luns():
             if lun.id == self.lab.data_lun.lun_id:
@@ -119,6 +147,70 @@ class FaultLab(LabUnderTest):
         self.scrub()  # a failed case's leftovers would keep `lab down` from unmounting the array
 
 
+class CephFaultLab(FaultLab):
+    """The same, its data volume an RBD image of the Ceph cluster the lab started (`lab up --storage ceph`)."""
+
+    @property
+    def site(self) -> ceph.CephSite:
+        return ceph.site(self.directory / "ceph")
+
+    def _rbd_json(self, *args: str) -> Any:
+        return json.loads(ceph.admin(self.site, "rbd", *args, "--format", "json") or "[]")
+
+    def storage_leftovers(self) -> list[str]:
+        """Snapshots and snapport records on the data image, any other image in the pool (a clone), and rbd-fuse
+        mounts or loop devices on this machine but the data volume's."""
+        pool = self.site.pool
+        left = [f"image {name}" for name in self._rbd_json("ls", pool) if name != DATA_IMAGE]
+        left += [f"snapshot {s['name']}" for s in self._rbd_json("snap", "ls", "--all", f"{pool}/{DATA_IMAGE}")]
+        records = self._rbd_json("image-meta", "list", f"{pool}/{DATA_IMAGE}")
+        left += [f"record {k}" for k in (records if isinstance(records, dict) else {}) if k.startswith("snapport.")]
+        data_file = f"/{DATA_IMAGE}/{DATA_IMAGE}"
+        left += [
+            f"loop {d.device} on {d.backing_file}"
+            for d in loop.attached(SubprocessRunner())
+            if d.backing_file.startswith(str(self.directory)) and not d.backing_file.endswith(data_file)
+        ]
+        for key in ("one", "two"):
+            left += [
+                f"rbd-fuse mount {m.mount_point} on {key}"
+                for m in self.lab.host(key).mounts()
+                if m.fs_type == FUSE_TYPE and not m.mount_point.endswith(f"/{DATA_IMAGE}")
+            ]
+        return left
+
+    def scrub(self) -> list[str]:
+        """Remove what a failed case left, each by its name: run-directory mounts, the clones (unpresented on the
+        proxy first), the data image's snapshots and records."""
+        removed = self.unmount_run_dirs()
+        pool = self.site.pool
+        for name in self._rbd_json("ls", pool):
+            if name == DATA_IMAGE:
+                continue
+            for key in ("two", "one"):
+                unpresent = [sys.executable, "-m", "snapport", "rbd", "unpresent", f"{pool}/{name}"]
+                self.lab.host(key).run(unpresent, timeout=120, check=False)
+            ceph.admin(self.site, "rbd", "rm", f"{pool}/{name}")
+            removed.append(f"image {name}")
+        for snap in self._rbd_json("snap", "ls", f"{pool}/{DATA_IMAGE}"):
+            ceph.admin(self.site, "rbd", "snap", "rm", f"{pool}/{DATA_IMAGE}@{snap['name']}")
+            removed.append(f"snapshot {snap['name']}")
+        records = self._rbd_json("image-meta", "list", f"{pool}/{DATA_IMAGE}")
+        for key in records if isinstance(records, dict) else {}:
+            if key.startswith("snapport."):
+                ceph.admin(self.site, "rbd", "image-meta", "remove", f"{pool}/{DATA_IMAGE}", key)
+                removed.append(f"record {key}")
+        return removed
+
+
 @pytest.fixture(scope="module")
 def fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
     yield from running_lab(tmp_path_factory, "faults", FaultLab)
+
+
+@pytest.fixture(scope="module")
+def ceph_fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephFaultLab]:
+    reason = ceph.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    yield from running_lab(tmp_path_factory, "faults-ceph", CephFaultLab, "--storage", "ceph")

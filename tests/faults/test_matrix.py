@@ -23,12 +23,9 @@ import pytest
 from snapport.catalog import Catalog
 from snapport.errors import BadState, DoctorFound
 from snapport.model import Attr, Context, JobState, SetState, SnapshotSet
-from snapport.osal import loop
 from snapport.osal.lock import holders
-from snapport.osal.runner import SubprocessRunner
-from snapport.providers.reflink_array.array import Array
 from tests.faults import reliability
-from tests.faults.cases import CASES, HOST_OF, PRIMERS
+from tests.faults.cases import CASES, CEPH, HOST_OF, PRIMERS
 from tests.faults.conftest import FaultLab
 from tests.support.lab import needs_lab
 
@@ -135,19 +132,7 @@ def _doctor(fault_lab: FaultLab) -> list[str]:
 
 def _leftovers(fault_lab: FaultLab) -> list[str]:
     lab = fault_lab.lab
-    left = []
-    array = Array.open(lab.array_path)
-    data_lun = lab.data_lun.lun_id
-    assert data_lun is not None
-    left += [f"LUN {lun.id} (set {lun.snapshot_of_set})" for lun in array.luns() if lun.id != data_lun]
-    left += [f"orphan image {p.name}" for p in array.orphan_images()]
-    data_image = str(array.image(data_lun))
-    luns_dir = str(array.image(data_lun).parent) + "/"
-    left += [
-        f"loop {d.device} on {d.backing_file}"
-        for d in loop.attached(SubprocessRunner())
-        if d.backing_file.startswith(luns_dir) and d.backing_file != data_image
-    ]
+    left = fault_lab.storage_leftovers()
     for key in ("one", "two"):
         host = lab.host(key)
         run_dir = str(host.run_dir).rstrip("/") + "/"
@@ -285,8 +270,14 @@ class _Clock:
             print(" ".join(self.laps))
 
 
-@pytest.mark.parametrize(("point", "action", "process"), CASES, ids=[f"{p}-{a}-{h[-3:]}" for p, a, h in CASES])
-def test_fault(fault_lab: FaultLab, tmp_path: Path, point: str, action: str, process: str) -> None:
+def _case_id(point: str, action: str, process: str) -> str:
+    host = process.split()[1]
+    return f"{point}-{action}-{host}" + ("-ceph" if process in CEPH else "")
+
+
+@pytest.mark.parametrize(("point", "action", "process"), CASES, ids=[_case_id(*case) for case in CASES])
+def test_fault(request: pytest.FixtureRequest, tmp_path: Path, point: str, action: str, process: str) -> None:
+    fault_lab: FaultLab = request.getfixturevalue("ceph_fault_lab" if process in CEPH else "fault_lab")
     key = HOST_OF[process]
     clock = _Clock()
     before = _set_ids(fault_lab, "one")
