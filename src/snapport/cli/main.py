@@ -20,6 +20,7 @@ from snapport.errors import SnapportError, UsageError
 # never imports the catalog or any plugin).
 VERBS = {
     "array": "snapport.cli.array:array",
+    "rbd": "snapport.cli.rbd:rbd",
     "create": "snapport.cli.shadow:create",
     "import": "snapport.cli.shadow:import_",
     "expose": "snapport.cli.shadow:expose",

@@ -17,8 +17,11 @@ environment by `scripts/setup`; they are imported on first use, so a host withou
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import importlib
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from snapport.errors import ConfigError, ObjectNotFound, ProviderError, ProviderVeto, SnapportError
+from snapport.errors import BadState, ConfigError, ObjectNotFound, ProviderError, ProviderVeto, SnapportError
 
 CONFIG_FILE = "ceph.toml"
 CONNECT_TIMEOUT_S = 10
@@ -89,8 +92,6 @@ class ImageRef:
 
 
 def _valid(part: str) -> bool:
-    import re  # noqa: PLC0415
-
     return bool(re.match(_NAME, part)) and part not in (".", "..")
 
 
@@ -109,13 +110,56 @@ def translate(exc: BaseException, doing: str) -> SnapportError:
     text = f"{doing}: {exc}"
     if name in ("ImageNotFound", "ObjectNotFound"):
         return ObjectNotFound(text)
-    if name in ("ImageBusy", "ImageHasSnapshots", "ImageExists", "ObjectBusy"):
+    if name in ("ImageBusy", "ImageHasSnapshots", "ImageExists", "ObjectBusy", "ObjectExists"):
         return ProviderVeto(text)
+    if name == "ReadOnlyImage":
+        return BadState(f"{text}; it is open read-only")
     if name in {"PermissionError", "PermissionDeniedError"}:
-        return ProviderError(f"{text}; check the cephx keyring and the caps of this host's client (docs/providers.md)")
-    if name == "TimedOut":
+        return ProviderError(f"{text}; check the caps of this host's cephx client (docs/ceph.md)")
+    if name in ("TimedOut", "Timeout", "InterruptedOrTimeoutError"):
         return ProviderError(f"{text}; the cluster did not answer (monitors or OSDs down, or unreachable)")
+    if name in ("NoSpace", "DiskQuotaExceeded"):
+        return ProviderError(f"{text}; the cluster or the pool is full")
     return ProviderError(text)
+
+
+# A ceph.conf must say where the monitors are: without it librados asks DNS (and prints to stderr) before failing.
+_MONITORS = re.compile(r"^\s*mon[ _-]+(host|addr|dns[ _-]+srv[ _-]+name)\s*=", re.IGNORECASE | re.MULTILINE)
+_KEY = re.compile(r"^key\s*=\s*(.*\S)$")
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} (the {what} named in ceph.toml) does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} (the {what} named in ceph.toml): {exc.strerror}") from None
+
+
+def check_files(config: CephConfig) -> None:
+    """Refuse, before librados is asked, a ceph.conf that names no monitor and a keyring with no usable key for
+    the client: librados reports both only as an errno (EIO, ENOENT), after a DNS query for the first."""
+    if not _MONITORS.search(_read(config.conf, "Ceph configuration")):
+        raise ConfigError(f"{config.conf} names no monitor (`mon host = ...`); copy the cluster's ceph.conf there")
+    section, key = "", None
+    for line in _read(config.keyring, "keyring").splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == f"client.{config.client}" and (match := _KEY.match(line)):
+            key = match.group(1)
+    if key is None:
+        raise ConfigError(
+            f"{config.keyring} holds no key for client.{config.client} (ceph.toml's client and keyring must match; "
+            f"`ceph auth get client.{config.client} -o {config.keyring}` on an admin host writes it)"
+        )
+    try:
+        valid = len(base64.b64decode(key, validate=True)) > 12
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"{config.keyring}: the key of client.{config.client} is not a cephx key (garbled?)")
 
 
 class Cluster:
@@ -133,30 +177,30 @@ class Cluster:
     def connect(self) -> Any:
         if self._rados is None:
             rados, _ = _bindings()
-            for path in (self.config.conf, self.config.keyring):
-                if not path.is_file():
-                    raise ConfigError(f"{path} (named in ceph.toml) does not exist")
-            handle = rados.Rados(
-                conffile=str(self.config.conf),
-                rados_id=self.config.client,
-                conf={
-                    "keyring": str(self.config.keyring),
-                    "client_mount_timeout": str(CONNECT_TIMEOUT_S),
-                    "rados_mon_op_timeout": str(OP_TIMEOUT_S),
-                    "rados_osd_op_timeout": str(OP_TIMEOUT_S),
-                    "admin_socket": "",
-                    "log_file": "",
-                    "rbd_default_clone_format": "2",  # clones of unprotected snapshots (mimic and later)
-                },
-            )
+            check_files(self.config)
+            config, client = self.config, f"client.{self.config.client}"
+            try:
+                handle = rados.Rados(
+                    conffile=str(config.conf),
+                    rados_id=config.client,
+                    conf={
+                        "keyring": str(config.keyring),
+                        "client_mount_timeout": str(CONNECT_TIMEOUT_S),
+                        "rados_mon_op_timeout": str(OP_TIMEOUT_S),
+                        "rados_osd_op_timeout": str(OP_TIMEOUT_S),
+                        "admin_socket": "",
+                        "log_file": "",
+                        "rbd_default_clone_format": "2",  # clones of unprotected snapshots (mimic and later)
+                    },
+                )
+            except Exception as exc:
+                raise ConfigError(f"{config.conf} is not a usable Ceph configuration: {exc}") from None
             try:
                 handle.connect(timeout=CONNECT_TIMEOUT_S)
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     handle.shutdown()
-                raise translate(
-                    exc, f"cannot reach the Ceph cluster of {self.config.conf} as client.{self.config.client}"
-                ) from None
+                raise _connect_error(exc, config, client) from None
             self._rados = handle
         return self._rados
 
@@ -169,7 +213,11 @@ class Cluster:
         if key not in self._ioctx:
             try:
                 io = self.connect().open_ioctx(pool)
+            except SnapportError:
+                raise
             except Exception as exc:
+                if type(exc).__name__ == "ObjectNotFound":
+                    raise ObjectNotFound(f"pool {pool!r} does not exist in the Ceph cluster {self.fsid}") from None
                 raise translate(exc, f"pool {pool!r}") from None
             io.set_namespace(namespace)
             self._ioctx[key] = io
@@ -183,6 +231,8 @@ class Cluster:
         except SnapportError:
             raise
         except Exception as exc:
+            if type(exc).__name__ == "ImageNotFound":
+                raise ObjectNotFound(f"RBD image {ref} does not exist") from None
             raise translate(exc, f"RBD image {ref}") from None
         try:
             yield handle
@@ -204,8 +254,12 @@ class Cluster:
             raise translate(exc, doing) from None
 
     def exists(self, ref: ImageRef) -> bool:
-        names = self.call(f"pool {ref.pool}", self.rbd.RBD().list, self.ioctx(ref.pool, ref.namespace))
-        return ref.name in names
+        """Whether the image exists (an image of a pool that does not exist does not)."""
+        try:
+            io = self.ioctx(ref.pool, ref.namespace)
+        except ObjectNotFound:
+            return False
+        return ref.name in self.call(f"pool {ref.pool}", self.rbd.RBD().list, io)
 
     def remove(self, ref: ImageRef) -> None:
         """Remove an image (refused while a client has it open: `ProviderVeto`)."""
@@ -220,3 +274,21 @@ class Cluster:
             with contextlib.suppress(Exception):
                 self._rados.shutdown()
             self._rados = None
+
+
+def _connect_error(exc: BaseException, config: CephConfig, client: str) -> SnapportError:
+    """Why connecting failed, in one line: cephx refused the key, no monitor is known, or none answered."""
+    name = type(exc).__name__
+    if name in {"PermissionError", "PermissionDeniedError"}:
+        return ConfigError(
+            f"cephx refused {client} with the key in {config.keyring}: the cluster has no such client, or another "
+            f"key for it (`ceph auth get {client}` on an admin host shows it)"
+        )
+    if name == "ObjectNotFound":
+        return ConfigError(f"{config.conf} leads to no monitor (`mon host`): cannot reach the Ceph cluster")
+    if name in ("TimedOut", "InterruptedOrTimeoutError"):
+        return ProviderError(
+            f"no monitor of {config.conf} answered {client} within {CONNECT_TIMEOUT_S} s: the monitors are down or "
+            "unreachable from this host (`mon host`, firewall)"
+        )
+    return translate(exc, f"cannot reach the Ceph cluster of {config.conf} as {client}")

@@ -9,7 +9,8 @@ nothing a scan of the loop devices and of this home's mounts cannot find. rbd-fu
 up; it outlives the command that presented the image, as a loop device does.
 
 Through the kernel, `rbd device map` gives `/dev/rbdN`; `/sys/bus/rbd/devices/N` names its pool, namespace and
-image. Which home mapped it is recorded in `$SNAPPORT_HOME/rbd/kernel/<N>` (the kernel knows no homes).
+image, and `/sys/bus/rbd/devices/N/block/rbdN/ro` whether it is read-only. Which home mapped it is recorded in
+`$SNAPPORT_HOME/rbd/kernel/<N>` (the image's spec; the kernel knows no homes).
 
 Present and unpresent take the home's `rbd` lock, so two commands never race on one image's mount.
 """
@@ -21,6 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +41,13 @@ LOCK_WAIT_S = 120.0
 _RBD_DEVICE = re.compile(r"^/dev/rbd(\d+)$")
 
 
+class Via(StrEnum):
+    """How an image is presented: rbd-fuse and a loop device, or the kernel client."""
+
+    FUSE = "fuse"
+    KERNEL = "kernel"
+
+
 @dataclass(frozen=True, slots=True)
 class Presented:
     """An image presented on this machine: at `device`, for the home `home` (None: no snapport home)."""
@@ -47,9 +56,13 @@ class Presented:
     device: str
     read_only: bool
     home: Path | None
+    via: Via
 
 
 class Presenter(Protocol):
+    @property
+    def via(self) -> Via: ...
+
     def present(self, image: ImageRef, *, read_only: bool, device: str | None = None) -> str: ...
 
     def unpresent(self, image: ImageRef) -> list[str]: ...
@@ -73,6 +86,8 @@ def lock_path(home: Path) -> Path:
 
 class FusePresenter:
     """rbd-fuse + a loop device."""
+
+    via = Via.FUSE
 
     def __init__(self, home: Path, config: CephConfig, runner: Runner) -> None:
         self.home = home
@@ -163,7 +178,7 @@ class FusePresenter:
             backing = Path(device.backing_file)
             ref, home = _parse_fuse_file(backing)
             if ref is not None:
-                found.append(Presented(ref, device.device, device.read_only, home))
+                found.append(Presented(ref, device.device, device.read_only, home, Via.FUSE))
         return found
 
     def serving(self) -> list[tuple[ImageRef, Path]]:
@@ -193,35 +208,44 @@ def _parse_fuse_file(path: Path) -> tuple[ImageRef | None, Path | None]:
 
 
 class KernelPresenter:
-    """The kernel client: `rbd device map`, `/dev/rbdN`."""
+    """The kernel client: `rbd device map`, `/dev/rbdN`. `sys_rbd` is the kernel's rbd bus (`/sys/bus/rbd`; a test
+    gives a tree of its own)."""
 
-    def __init__(self, home: Path, config: CephConfig, runner: Runner) -> None:
+    via = Via.KERNEL
+
+    def __init__(self, home: Path, config: CephConfig, runner: Runner, sys_rbd: Path = SYS_RBD) -> None:
         self.home = home
         self.records = home / PRESENT_DIR / "kernel"
         self.config = config
         self.runner = runner
+        self.sys_rbd = sys_rbd
 
     def _rbd(self, *args: str) -> str:
         argv = ["rbd", "-c", str(self.config.conf), "--id", self.config.client, "--keyring", str(self.config.keyring)]
         return self.runner.run([*argv, *args], timeout=120).stdout
 
     def present(self, image: ImageRef, *, read_only: bool, device: str | None = None) -> str:
+        """Map `image` (the kernel chooses the device: `device` is not honoured) and record the mapping as this
+        home's. Idempotent; an image mapped the other way is `BadState`; an answer that is not `/dev/rbdN` is
+        refused and records nothing."""
         with _lock(self.home):
             for known in self.presented():
                 if known.image == image and known.home == self.home:
                     if known.read_only != read_only:
-                        raise BadState(f"RBD image {image} is mapped at {known.device} the other way; unmap it first")
+                        mode = "read-only" if known.read_only else "read-write"
+                        raise BadState(f"RBD image {image} is mapped {mode} at {known.device}; unmap it first")
                     return known.device
             args = ["device", "map", *(["--read-only"] if read_only else []), str(image)]
             mapped = self._rbd(*args).strip()
             match = _RBD_DEVICE.match(mapped)
             if match is None:
-                raise SystemCommandError(f"rbd device map answered {mapped!r} for {image}")
+                raise SystemCommandError(f"rbd device map answered {mapped!r} for {image}, not a /dev/rbdN device")
             self.records.mkdir(parents=True, exist_ok=True)
             (self.records / match.group(1)).write_text(str(image))
             return mapped
 
     def unpresent(self, image: ImageRef) -> list[str]:
+        """Unmap this home's mappings of `image` (refused while one is mounted) and drop their records; idempotent."""
         with _lock(self.home):
             done = []
             for known in self.presented():
@@ -235,8 +259,9 @@ class KernelPresenter:
             return done
 
     def presented(self) -> list[Presented]:
+        """Every image the kernel has mapped on this machine; this home's are those its records name."""
         found = []
-        devices = SYS_RBD / "devices"
+        devices = self.sys_rbd / "devices"
         for entry in sorted(devices.iterdir()) if devices.is_dir() else []:
 
             def read(name: str, entry: Path = entry) -> str:
@@ -247,6 +272,6 @@ class KernelPresenter:
             ref = ImageRef(read("pool"), read("pool_ns"), read("name"))
             record = self.records / entry.name
             home = self.home if record.exists() and record.read_text() == str(ref) else None
-            read_only = read("ro") == "1" or read("current_snap") not in ("", "-")
-            found.append(Presented(ref, f"/dev/rbd{entry.name}", read_only, home))
+            read_only = read(f"block/rbd{entry.name}/ro") == "1" or read("current_snap") not in ("", "-")
+            found.append(Presented(ref, f"/dev/rbd{entry.name}", read_only, home, Via.KERNEL))
         return found

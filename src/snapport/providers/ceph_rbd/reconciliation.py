@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapport.errors import ProviderError
+from snapport.errors import ObjectNotFound, ProviderError
 from snapport.model import Attr
 from snapport.osal import mount as mnt
 from snapport.providers.base import CatalogView, Leftover
@@ -68,7 +68,11 @@ def leftovers(provider: CephRbdProvider, known: CatalogView) -> tuple[Leftover, 
     found: list[Leftover] = []
     images, pools = _named_images(provider, known)
     for pool, namespace in sorted(pools):
-        names = cluster.call(f"pool {pool}", cluster.rbd.RBD().list, cluster.ioctx(pool, namespace))
+        try:
+            io = cluster.ioctx(pool, namespace)
+        except ObjectNotFound:
+            continue  # the pool is gone, and with it every image of ours it held
+        names = cluster.call(f"pool {pool}", cluster.rbd.RBD().list, io)
         for name in sorted(names):
             match = CLONE_NAME.match(name)
             if match is None or _set_live(known, match["set"]):
