@@ -39,6 +39,7 @@ from snapport.osal.runner import Runner, SubprocessRunner
 TOOLS = ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph-authtool", "monmaptool", "ceph", "rbd", "rbd-fuse")
 STATE_FILE = "cluster.json"
 CONF_FILE = "ceph.conf"
+MON_PORT = 3300  # msgr2's
 OSD_SIZE_BYTES = 8 << 30  # sparse: only what is written takes room
 UP_TIMEOUT_S = 60.0
 POOL = "rbd"
@@ -254,7 +255,8 @@ def up(
     state = ClusterState(
         fsid=str(uuid.uuid4()),
         address=address,
-        port=port if port is not None else _free_port(address),
+        # In a namespace of its own (a launcher) the cluster is alone: the monitor's usual port; else a free one.
+        port=port if port is not None else (MON_PORT if launcher else _free_port(address)),
         pool=POOL,
         launcher=list(launcher),
     )
@@ -291,8 +293,7 @@ def admin(site: CephSite, tool: str, *args: str, runner: Runner | None = None, t
     state = _load(site.directory)
     launcher = state.launcher if state is not None else []
     who = ["-c", str(site.conf), "-n", "client.admin", "-k", str(site.keyring("admin"))]
-    quiet = ["--no-progress"] if tool == "rbd" else []
-    return (runner or SubprocessRunner()).run([*launcher, tool, *who, *quiet, *args], timeout=timeout).stdout
+    return (runner or SubprocessRunner()).run([*launcher, tool, *who, *args], timeout=timeout).stdout
 
 
 def create_image(site: CephSite, name: str, size: int, *, runner: Runner | None = None) -> None:
