@@ -41,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -381,23 +382,34 @@ class Snapshotter:
 
 
 class LibrbdSnapshots(Snapshotter):
-    """`Image.create_snap` on images opened before the freeze, on one open connection (the provider's way)."""
+    """`Image.create_snap` on images opened before the freeze, on one open connection: in turn (the provider's
+    way), or one thread per image (the binding releases the GIL for the call)."""
 
-    name = "librbd (open connection)"
-
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, *, parallel: bool) -> None:
         assert world.production_conn is not None
-        self.connection, self.images = world.production_conn, world.images
+        self.connection, self.images, self.parallel = world.production_conn, world.images, parallel
+        self.name = "librbd, a thread per image" if parallel else "librbd (open connection)"
         self.opened: list[Any] = []
+        self.pool: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
         self.opened = [self.connection.image(name) for name in self.images]
+        if self.parallel:
+            self.pool = ThreadPoolExecutor(len(self.opened))
 
     def take(self, snapshots: Sequence[str]) -> None:
-        for image, snapshot in zip(self.opened, snapshots, strict=True):
-            image.create_snap(snapshot)
+        pairs = list(zip(self.opened, snapshots, strict=True))
+        if self.pool is None:
+            for image, snapshot in pairs:
+                image.create_snap(snapshot)
+            return
+        for future in [self.pool.submit(image.create_snap, snapshot) for image, snapshot in pairs]:
+            future.result()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
         for image in self.opened:
             image.close()
         self.opened = []
@@ -458,11 +470,12 @@ def bare_window(world: World, snapshotter: Snapshotter) -> tuple[float, float]:
 
 def freeze_windows(world: World, runs: int, warmup: int) -> dict[str, Any]:
     snapshotters: list[Snapshotter] = [
-        LibrbdSnapshots(world),
+        LibrbdSnapshots(world, parallel=False),
+        LibrbdSnapshots(world, parallel=True),
         RbdCommandSnapshots(world, parallel=False),
         RbdCommandSnapshots(world, parallel=True),
     ]
-    keys = ["bare_librbd", "bare_rbd_command", "bare_rbd_command_parallel"]
+    keys = list(BARE)
     freeze: list[float] = []
     commit: list[float] = []
     wall: list[float] = []
@@ -496,6 +509,9 @@ def freeze_windows(world: World, runs: int, warmup: int) -> dict[str, Any]:
     librbd_snap = result["bare_librbd"]["snapshots_ms"]["median"]
     result["rbd_command_to_librbd_snapshots"] = ratio(result["bare_rbd_command"]["snapshots_ms"]["median"], librbd_snap)
     result["commit_to_librbd_snapshots"] = ratio(result["commit_ms"]["median"], librbd_snap)
+    result["librbd_parallel_to_librbd_snapshots"] = ratio(
+        result["bare_librbd_parallel"]["snapshots_ms"]["median"], librbd_snap
+    )
     return result
 
 
@@ -575,6 +591,12 @@ def read_librbd(world: World, spans: Sequence[tuple[int, int]]) -> int:
     return total
 
 
+BARE = {  # the bare baselines: JSON key -> what the table calls them
+    "bare_librbd": "librbd",
+    "bare_librbd_parallel": "librbd parallel",
+    "bare_rbd_command": "rbd in turn",
+    "bare_rbd_command_parallel": "rbd parallel",
+}
 READ_PATHS = {
     "exposed_file": "the file on the exposed clone (XFS ro, loop ro, rbd-fuse of the clone)",
     "original_file": "the same file on the original volume (XFS, loop, rbd-fuse of the image)",
@@ -659,15 +681,15 @@ def print_table(result: dict[str, Any]) -> None:
     row("snapport create: freeze window", fw["freeze_window_ms"])
     row("  its provider commit", fw["commit_ms"])
     row("  the create process (wall)", fw["create_wall_ms"])
-    for key in ("bare_librbd", "bare_rbd_command", "bare_rbd_command_parallel"):
+    for key in BARE:
         row(f"bare fsfreeze + {fw[key]['how']}", fw[key]["window_ms"])
         row("  its snapshots, inside the freeze", fw[key]["snapshots_ms"])
+    ratios = {k: fw[f"freeze_window_to_{k}"] for k in BARE}
+    print("freeze window / bare window: " + ", ".join(f"{v:.2f}x {BARE[k]}" for k, v in ratios.items()))
     print(
-        "freeze window / bare: "
-        f"{fw['freeze_window_to_bare_librbd']:.2f}x librbd, {fw['freeze_window_to_bare_rbd_command']:.2f}x rbd in "
-        f"turn, {fw['freeze_window_to_bare_rbd_command_parallel']:.2f}x rbd parallel; snapshots: rbd command / "
-        f"librbd {fw['rbd_command_to_librbd_snapshots']:.2f}x, provider commit / librbd "
-        f"{fw['commit_to_librbd_snapshots']:.2f}x"
+        f"snapshot time: rbd command in turn / librbd in turn {fw['rbd_command_to_librbd_snapshots']:.2f}x, "
+        f"provider commit / librbd in turn {fw['commit_to_librbd_snapshots']:.2f}x, "
+        f"librbd parallel / in turn {fw['librbd_parallel_to_librbd_snapshots']:.2f}x"
     )
     ie = result["import_expose"]
     row("snapport import (proxy, process)", ie["import_ms"])
