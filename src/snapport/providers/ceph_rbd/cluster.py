@@ -9,9 +9,10 @@ librbd, and every librbd error turned into snapport's vocabulary with one line o
     keyring = "/etc/ceph/ceph.client.snapport-production.keyring"
     present = "auto"                          # the kernel client where /sys/bus/rbd exists, else rbd-fuse
 
-Why librbd and not the `rbd` command: a snapshot is taken inside the freeze window, and an `rbd` process costs
-~0.3 s to start where librbd's `create_snap` on an open connection takes ~20 ms (measured by `bench/ceph.py`;
-docs/architecture.md). The bindings are Debian's `python3-rados`/`python3-rbd`, linked into the virtual
+Why librbd and not the `rbd` command: a snapshot is taken inside the freeze window, and an `rbd snap create`
+process costs 65-80 ms per image (start ~19 ms, connect ~19, open ~12, snapshot ~26) where librbd's `create_snap`
+on a connection and an image opened beforehand takes ~20 ms, and runs for every image at once (measured by
+`bench/ceph.py`; docs/architecture.md). The bindings are Debian's `python3-rados`/`python3-rbd`, linked into the virtual
 environment by `scripts/setup`; they are imported on first use, so a host without Ceph never loads them.
 """
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +70,14 @@ from snapport.providers.ceph_rbd.records import (
 NAME = "ceph-rbd"
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An image `prepare` opened for the commit, and its snapshot's locator but for the snapshot id."""
+
+    image: Any
+    properties: tuple[tuple[str, str], ...]
+
+
 class CephRbdProvider:
     """Snapshots of RBD images; transportable to any host of the cluster."""
 
@@ -82,7 +92,7 @@ class CephRbdProvider:
         self._config: CephConfig | bool | None = False  # False: not read yet
         self._cluster: Cluster | None = None
         self._presenter: Presenter | None = None
-        self._open: dict[uuid.UUID, Any] = {}  # prepared images, kept open for the commit
+        self._open: dict[uuid.UUID, _Prepared] = {}  # prepared images, kept open for the commit
 
     # -- this host's cluster -------------------------------------------------------------------------------------
 
@@ -165,65 +175,70 @@ class CephRbdProvider:
             pass  # the cluster answers and the image exists: refused here, before any freeze, otherwise
 
     def prepare(self, requests: Sequence[SnapshotRequest]) -> None:
+        """Outside the freeze: the connection, each image opened and kept for the commit, its record written, and
+        everything its locator says but the snapshot's id."""
         for request in requests:
             ref = self._require(request.volume)
             if request.snapshot_id not in self._open:
-                self._open[request.snapshot_id] = self.cluster.call(
-                    f"RBD image {ref}", self.cluster.rbd.Image, self.cluster.ioctx(ref.pool, ref.namespace), ref.name
+                io = self.cluster.ioctx(ref.pool, ref.namespace)
+                image = self.cluster.call(f"RBD image {ref}", self.cluster.rbd.Image, io, ref.name)
+                properties = (
+                    ("fsid", self.cluster.fsid),
+                    ("pool", ref.pool),
+                    ("namespace", ref.namespace),
+                    ("image", ref.name),
+                    ("image_id", str(image.id())),
+                    ("snapshot", snapshot_name(request.snapshot_id)),
+                    ("size", str(image.size())),
+                    ("set", str(request.set_id)),
                 )
-            image = self._open[request.snapshot_id]
+                self._open[request.snapshot_id] = _Prepared(image, properties)
+            image = self._open[request.snapshot_id].image
+            record = (image, str(request.snapshot_id))
             self.cluster.call(
-                f"RBD image {ref}",
-                write_record,
-                image,
-                str(request.snapshot_id),
-                set_id=str(request.set_id),
-                host=self.host.name,
+                f"RBD image {ref}", write_record, *record, set_id=str(request.set_id), host=self.host.name
             )
 
     def commit(self, requests: Sequence[SnapshotRequest]) -> dict[uuid.UUID, Locator]:
-        # Inside the freeze: one librbd call per image on connections and images opened by `prepare`.
-        made: list[tuple[Any, str]] = []
-        locators: dict[uuid.UUID, Locator] = {}
-        try:
-            for request in requests:
-                image = self._open.get(request.snapshot_id)
-                if image is None:
-                    raise BadState(f"snapshot {request.snapshot_id} was not prepared")
-                name = snapshot_name(request.snapshot_id)
-                self.cluster.call(f"snapshot {name}", image.create_snap, name)
-                made.append((image, name))
-                locators[request.snapshot_id] = self._locator(request, image, name)
-        except BaseException:
-            for image, name in made:
-                self.cluster.call(f"snapshot {name}", image.remove_snap, name)
-            raise
-        return locators
+        # Inside the freeze: one `create_snap` per image, all at once (librbd releases the GIL for the call, and
+        # each waits on the monitor), on the images `prepare` opened; nothing else.
+        prepared = []
+        for request in requests:
+            found = self._open.get(request.snapshot_id)
+            if found is None:
+                raise BadState(f"snapshot {request.snapshot_id} was not prepared")
+            prepared.append((request, found))
+        with ThreadPoolExecutor(max_workers=max(1, len(prepared)), thread_name_prefix="rbd-snap") as pool:
+            futures = [pool.submit(self._snapshot, p.image, snapshot_name(r.snapshot_id)) for r, p in prepared]
+            outcomes = [f.exception() or f.result() for f in futures]
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            for (request, found), outcome in zip(prepared, outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    self.cluster.call(
+                        "removing a snapshot", found.image.remove_snap, snapshot_name(request.snapshot_id)
+                    )
+            raise failure
+        return {
+            request.snapshot_id: Locator(
+                provider=self.name, properties=(*found.properties, ("snapshot_id", str(outcome)))
+            )
+            for (request, found), outcome in zip(prepared, outcomes, strict=True)
+        }
 
-    def _locator(self, request: SnapshotRequest, image: Any, name: str) -> Locator:
-        ref = self._require(request.volume)
-        snap_id = next(s["id"] for s in image.list_snaps() if s["name"] == name)
-        properties = (
-            ("fsid", self.cluster.fsid),
-            ("pool", ref.pool),
-            ("namespace", ref.namespace),
-            ("image", ref.name),
-            ("image_id", str(image.id())),
-            ("snapshot", name),
-            ("snapshot_id", str(snap_id)),
-            ("size", str(image.size())),
-            ("set", str(request.set_id)),
-        )
-        return Locator(provider=self.name, properties=properties)
+    def _snapshot(self, image: Any, name: str) -> int:
+        """Take snapshot `name` of an open image and return its id."""
+        self.cluster.call(f"snapshot {name}", image.create_snap, name)
+        return int(self.cluster.call(f"snapshot {name}", image.snap_get_id, name))
 
     def post_commit(self, requests: Sequence[SnapshotRequest], locators: dict[uuid.UUID, Locator]) -> None:
         self._close(requests)
 
     def _close(self, requests: Sequence[SnapshotRequest]) -> None:
         for request in requests:
-            image = self._open.pop(request.snapshot_id, None)
-            if image is not None:
-                self.cluster.call("closing an RBD image", image.close)
+            found = self._open.pop(request.snapshot_id, None)
+            if found is not None:
+                self.cluster.call("closing an RBD image", found.image.close)
 
     def abort(self, requests: Sequence[SnapshotRequest]) -> None:
         self._close(requests)
@@ -315,7 +330,14 @@ class CephRbdProvider:
         if not self.cluster.exists(clone):
             io = self.cluster.ioctx(ref.pool, ref.namespace)
             rbd = self.cluster.rbd
-            features = rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+            # object-map and fast-diff: reading a fresh clone skips its parent's unwritten objects (measured 95 →
+            # 121 MiB/s by bench/ceph.py) and removing it is twice as fast
+            features = (
+                rbd.RBD_FEATURE_LAYERING
+                | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+                | rbd.RBD_FEATURE_OBJECT_MAP
+                | rbd.RBD_FEATURE_FAST_DIFF
+            )
             self.cluster.call(
                 f"cloning {ref}@{snapshot}", rbd.RBD().clone, io, ref.name, snapshot, io, clone.name, features
             )
