@@ -1,5 +1,6 @@
-"""The array world (real XFS volumes on array LUNs), for the reconciliation tests."""
+"""The array world (real XFS volumes on array LUNs) and a Ceph cluster, for the reconciliation tests."""
 
 from tests.support.array_world import world
+from tests.support.ceph import ceph_site
 
-__all__ = ["world"]
+__all__ = ["ceph_site", "world"]
