@@ -32,7 +32,7 @@ ALLOWED = {
 # A plugin family's public face: what a module outside it may import. The `array` verbs and the lab drive the
 # file-backed array itself, so they may import it.
 FACES = {
-    "providers": ({"snapport.providers.base", "snapport.providers.registry"}, {"cli/array.py", "lab/"}),
+    "providers": ({"snapport.providers.base", "snapport.providers.registry"}, {"cli/array.py", "cli/rbd.py", "lab/"}),
     "engines": (
         {"snapport.engines", "snapport.engines.base", "snapport.engines.registry", "snapport.engines.process"},
         set(),

@@ -70,10 +70,10 @@ class Presenter(Protocol):
     def presented(self) -> list[Presented]: ...
 
 
-def presenter(home: Path, config: CephConfig, runner: Runner) -> Presenter:
+def presenter(home: Path, config: CephConfig, runner: Runner, sys_rbd: Path = SYS_RBD) -> Presenter:
     """The presenter `config.present` asks for (`auto`: the kernel client where the kernel has it)."""
-    kernel = config.present == "kernel" or (config.present == "auto" and (SYS_RBD / "add").exists())
-    return KernelPresenter(home, config, runner) if kernel else FusePresenter(home, config, runner)
+    kernel = config.present == "kernel" or (config.present == "auto" and (sys_rbd / "add").exists())
+    return KernelPresenter(home, config, runner, sys_rbd) if kernel else FusePresenter(home, config, runner)
 
 
 def _lock(home: Path) -> FileLock:
