@@ -64,6 +64,7 @@ POINTS: tuple[str, ...] = (
     "lab.veth",
     "lab.link-check",
     "lab.array",
+    "lab.ceph",
     "lab.homes",
     "lab.holders",
     "lab.data-volume",

@@ -15,7 +15,7 @@ from snapport import faults
 from snapport.errors import UsageError
 from snapport.faults import POINTS, InjectedFault, inject
 from snapport.writers.base import WriterEvent
-from tests.faults.cases import CASES, OFF_FLOW, ON_ONE, ON_TWO
+from tests.faults.cases import CASES, CEPH_ON_ONE, CEPH_ON_TWO, OFF_FLOW, ON_ONE, ON_TWO
 
 SRC = Path(faults.__file__).resolve().parent
 
@@ -24,7 +24,8 @@ def test_points_are_unique_and_each_is_tried_or_declared_off_the_flow() -> None:
     assert len(POINTS) == len(set(POINTS))
     assert set(POINTS) == set(ON_ONE) | set(ON_TWO) | set(OFF_FLOW)
     assert not (set(ON_ONE) | set(ON_TWO)) & set(OFF_FLOW)
-    assert len(CASES) == 2 * (len(ON_ONE) + len(ON_TWO))
+    assert set(CEPH_ON_ONE) <= set(ON_ONE) and set(CEPH_ON_TWO) <= set(ON_TWO)
+    assert len(CASES) == 2 * (len(ON_ONE) + len(ON_TWO) + len(CEPH_ON_ONE) + len(CEPH_ON_TWO))
 
 
 def test_every_point_named_in_the_code_is_in_the_list() -> None:

@@ -3,6 +3,7 @@ removes exactly what was made; a step that cannot be undone is named, the rest s
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from snapport.lab import Lab, network
+from snapport.lab import Lab, ceph, network
 from snapport.lab.state import LoopRecord, load
 from snapport.osal import loop
 from snapport.osal.runner import SubprocessRunner
@@ -134,3 +135,42 @@ def test_up_clears_an_old_lab_whose_resources_are_gone(tmp_path: Path) -> None:
     processes = recorded_processes(directory)
     assert ok_json("lab", "down", "--dir", str(directory))["failed"] == []
     assert leftovers(directory, suffix, processes) == []
+
+
+@pytest.mark.parametrize("step", ["ceph", "data-volume"])
+def test_down_after_up_on_ceph_was_killed(tmp_path: Path, step: str) -> None:
+    """Killed once its Ceph cluster is up (or once the RBD data volume is presented and mounted): `lab down` stops
+    exactly the cluster's recorded daemons and leaves no rbd-fuse mount, loop device or namespace."""
+    reason = ceph.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    directory, suffix = tmp_path / "lab", new_suffix()
+    done = snapport(
+        "lab", "up", "--dir", str(directory), "--suffix", suffix, *SMALL, "--storage", "ceph",
+        env={"SNAPPORT_FAULT": f"lab.{step}:kill"}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    cluster = json.loads((directory / "ceph" / ceph.STATE_FILE).read_text())
+    daemons = [(p["role"], int(p["pid"])) for p in cluster["processes"]]
+    assert [role for role, _ in daemons] == ["ceph-mon", "ceph-mgr", "ceph-osd"]
+    assert all(Path(f"/proc/{pid}").exists() for _, pid in daemons)
+    processes = recorded_processes(directory)
+    if step == "data-volume":
+        assert Lab.open(directory).one.mount_at("/srv/data") is not None
+    report = ok_json("lab", "down", "--dir", str(directory))
+    assert report["failed"] == []
+    assert leftovers(directory, suffix, processes) == []
+    still = [f"{role} pid {pid}" for role, pid in daemons if _is_running(pid, role)]
+    assert still == []
+    assert not (directory / "ceph").exists()
+
+
+def _is_running(pid: int, name: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name and "Z" not in _state(pid)
+    except OSError:
+        return False
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

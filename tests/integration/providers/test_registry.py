@@ -23,9 +23,9 @@ def host(scratch: Scratch, tmp_path: Path) -> ProviderHost:
 
 
 def test_an_unknown_provider_name_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"unknown provider 'zfs' \(known: reflink-array, btrfs\)"):
+    with pytest.raises(UsageError, match=r"unknown provider 'zfs' \(known: reflink-array, ceph-rbd, btrfs\)"):
         get_provider("zfs", ProviderHost(HOST, tmp_path, RecordingRunner()))
-    assert list(PROVIDERS) == ["reflink-array", "btrfs"]
+    assert list(PROVIDERS) == ["reflink-array", "ceph-rbd", "btrfs"]
 
 
 @pytest.mark.root
