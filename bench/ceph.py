@@ -48,6 +48,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from commands import COMMAND_TIMEOUT_S, run_bounded, snapport
+
 from snapport.errors import SnapportError
 from snapport.lab import ceph
 from snapport.lab.ceph import CephSite
@@ -62,8 +64,6 @@ VOLUMES = 3
 SMALL_IMAGE_MIB = 400  # XFS wants at least 300 MB
 DATA_FILE = "data.bin"
 CHUNK = 4 << 20  # one RBD object
-CHILD_GRACE_S = 30.0  # how long an interrupted `snapport` process gets to roll itself back before SIGKILL
-COMMAND_TIMEOUT_S = 300.0
 PROCESS_EXIT_WAIT_S = 10.0  # rbd-fuse ends a moment after its mount goes
 FS_IOC_FIEMAP = 0xC020660B
 FIEMAP_FLAG_SYNC, FIEMAP_EXTENT_LAST = 0x1, 0x1
@@ -78,26 +78,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _snapport() -> list[str]:
-    script = Path(sys.executable).parent / "snapport"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "snapport"]
-
-
 def run(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-    """Run a command and return its stdout; if we are interrupted meanwhile, let it end (bounded: a `snapport`
-    child rolls its set back on the terminal's Ctrl-C), then SIGKILL it by its pid."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=COMMAND_TIMEOUT_S)
-    except BaseException:
-        try:
-            proc.communicate(timeout=CHILD_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        raise
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {err.strip()}")
+    """Run a command (bounded, see `run_bounded`) and return its stdout; a failure raises."""
+    rc, out, err = run_bounded(argv, env)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({rc}): {err.strip()}")
     return out
 
 
@@ -117,7 +102,7 @@ class Home:
     def snapport(self, *args: str) -> tuple[dict[str, Any], float]:
         """`snapport ARGS --json` as a process: its JSON answer and its wall time in ms."""
         started = time.perf_counter()
-        out = run([*_snapport(), *args, "--json"], self.env())
+        out = run([*snapport(), *args, "--json"], self.env())
         return (json.loads(out) if out.strip() else {}), (time.perf_counter() - started) * 1000
 
 

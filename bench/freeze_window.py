@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from commands import run_bounded, snapport
+
 from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
 from snapport.osal.runner import SubprocessRunner
@@ -41,8 +43,6 @@ from snapport.providers.reflink_array import Array
 HOST = "bench"
 ARRAY_FS_MB = 4096  # sparse: only what is written takes space
 VOLUME_MB = 400  # XFS wants at least 300 MB
-CHILD_GRACE_S = 30.0  # how long an interrupted `snapport create` gets to roll itself back before SIGKILL
-COMMAND_TIMEOUT_S = 300.0
 MKFS_XFS = ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]
 
 
@@ -129,37 +129,15 @@ class World:
         return errors
 
 
-def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run a command; if we are interrupted meanwhile, let it end (bounded), then SIGKILL it by its pid."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=COMMAND_TIMEOUT_S)
-    except BaseException:
-        # A terminal's Ctrl-C reached the child too, and it rolls its set back; otherwise it finishes (a create
-        # takes well under a second). Either way, wait for it rather than kill it mid-freeze.
-        try:
-            proc.communicate(timeout=CHILD_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        raise
-    return proc.returncode, out, err
-
-
-def _snapport() -> list[str]:
-    script = Path(sys.executable).parent / "snapport"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "snapport"]
-
-
 def snapport_run(world: World) -> tuple[float, float, float]:
     """One `snapport create` of every volume, then `snapport delete`: (freeze window, commit, wall) in ms."""
     started = time.perf_counter()
-    rc, out, err = _run([*_snapport(), "create", *map(str, world.volumes), "--json"], world.env())
+    rc, out, err = run_bounded([*snapport(), "create", *map(str, world.volumes), "--json"], world.env())
     wall_ms = (time.perf_counter() - started) * 1000
     if rc != 0:
         raise RuntimeError(f"snapport create failed ({rc}): {err.strip()}")
     created = json.loads(out)
-    rc, _, err = _run([*_snapport(), "delete", created["set_id"], "--json"], world.env())
+    rc, _, err = run_bounded([*snapport(), "delete", created["set_id"], "--json"], world.env())
     if rc != 0:
         raise RuntimeError(f"snapport delete {created['set_id']} failed ({rc}): {err.strip()}")
     return float(created["freeze_window_ms"]), float(created["commit_ms"]), wall_ms

@@ -72,14 +72,7 @@ def world(scratch: Scratch, tmp_path: Path) -> Iterator[ArrayWorld]:
 
 
 def cli(world: ArrayWorld, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "snapport", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=world.env(host),
-        timeout=180,
-        check=False,
-    )
+    return world.cli(host, *args)
 
 
 def error_of(done: subprocess.CompletedProcess[str]) -> str:

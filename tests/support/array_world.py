@@ -4,6 +4,8 @@ and agent tests run in. `world` is registered by importing it into the conftest 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,11 @@ class ArrayWorld:
             "SNAPPORT_HOST": name,
             "SNAPPORT_RUN_DIR": str(self.tmp / f"run-{name}"),
         }
+
+    def cli(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`snapport ARGS --json` run as host `name` (bounded; its exit code is the caller's to check)."""
+        argv = [sys.executable, "-m", "snapport", *args, "--json"]
+        return subprocess.run(argv, capture_output=True, text=True, env=self.env(name), timeout=180, check=False)
 
     def snapshot_luns(self) -> list[str]:
         """LUNs that are snapshots (anything but the original volumes' LUNs)."""

@@ -36,14 +36,7 @@ RECORD = 33  # bytes per checksummed record: 12 digits, 20 hex digits of its SHA
 
 
 def snapport(world: ArrayWorld, host: str, *args: str, check: bool = True) -> dict[str, object]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "snapport", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=world.env(host),
-        timeout=180,
-        check=False,
-    )
+    proc = world.cli(host, *args)
     if check:
         assert proc.returncode == 0, proc.stderr
         return dict(json.loads(proc.stdout))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -25,14 +23,7 @@ FILES, FILE_BYTES = 200, 48 << 10
 
 
 def snapport(world: ArrayWorld, host: str, *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "snapport", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=world.env(host),
-        timeout=180,
-        check=False,
-    )
+    done = world.cli(host, *args)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result

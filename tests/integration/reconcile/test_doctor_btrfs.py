@@ -5,8 +5,6 @@ names, are left alone. Real `snapport` processes on real btrfs filesystems."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(300), needs_tool("mkfs.btrfs
 
 
 def snapport(world: ArrayWorld, host: str, *args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "snapport", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=world.env(host),
-        timeout=180,
-        check=False,
-    )
+    proc = world.cli(host, *args)
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout)
     return result

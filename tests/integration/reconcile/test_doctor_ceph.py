@@ -30,14 +30,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def snapport(world: ArrayWorld, host: str, *args: str, check: bool = True) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "snapport", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=world.env(host),
-        timeout=180,
-        check=False,
-    )
+    proc = world.cli(host, *args)
     assert not check or proc.returncode == 0, proc.stderr
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}
 
