@@ -31,7 +31,8 @@ class with its stable name, its exit code and, where an agent answers it, its HT
     ├── TargetNotEmpty                  TARGET_NOT_EMPTY      25
     ├── RestoreIncomplete               RESTORE_INCOMPLETE    28
     ├── UnsupportedOperation            UNSUPPORTED_OPERATION 29
-    └── DoctorFound                     DOCTOR_FOUND          30
+    ├── DoctorFound                     DOCTOR_FOUND          30
+    └── EngineStalled                   ENGINE_STALLED        31
 
 `docs/exit-codes.md` is the user-facing table; a unit test keeps it in step with this module. An error that crossed
 a process or a network (a job's, an agent's answer, the engine child's) comes back as its own class by
@@ -268,6 +269,14 @@ class DoctorFound(SnapportError):
     code = "DOCTOR_FOUND"
     exit_code = 30
     advice = "run `snapport doctor --repair`; what it leaves says why (docs/doctor.md)"
+
+
+class EngineStalled(SnapportError):
+    """A backup's progress stood still longer than its stall bound (its reads blocked on storage, say): stopped."""
+
+    code = "ENGINE_STALLED"
+    exit_code = 31
+    advice = "check the storage the exposed copy is read from answers (e.g. `ceph -s`), then back up again"
 
 
 class RestoreIncomplete(SnapportError):

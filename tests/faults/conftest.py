@@ -154,6 +154,13 @@ class CephFaultLab(FaultLab):
     def site(self) -> ceph.CephSite:
         return ceph.site(self.directory / "ceph")
 
+    def osd_pid(self) -> int:
+        """The pid of the cluster's one OSD, as `lab up` recorded it."""
+        state = ceph.ClusterState.model_validate_json((self.directory / "ceph" / ceph.STATE_FILE).read_text())
+        pids = [r.pid for r in state.processes if r.role == "ceph-osd" and r.pid]
+        assert len(pids) == 1, state.processes
+        return pids[0]
+
     def _rbd_json(self, *args: str) -> Any:
         return json.loads(ceph.admin(self.site, "rbd", *args, "--format", "json") or "[]")
 

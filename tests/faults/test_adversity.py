@@ -7,6 +7,8 @@ and records its row for `docs/reliability.md`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,13 +23,13 @@ import pytest
 from snapport.catalog import Catalog, catalog_url
 from snapport.errors import SnapportError
 from snapport.lab.host import LabHost
-from snapport.model import SetState
+from snapport.model import JobState, SetState
 from snapport.osal import ioctl, loop
 from snapport.osal import mount as mnt
 from snapport.osal.runner import SubprocessRunner
 from snapport.providers.reflink_array import Array
 from tests.conftest import Scratch, needs_tool
-from tests.faults.conftest import FaultLab
+from tests.faults.conftest import CephFaultLab, FaultLab
 from tests.faults.reliability import record
 from tests.support.array_world import HOST_ONE, HOST_TWO, ArrayWorld
 
@@ -35,6 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(300)]
 
 HOST_THREE = "three"
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+STALL_S = 8.0  # the stall bound the Ceph outage case gives the proxy
 
 
 def check(fault: str, action: str, invariants: dict[str, bool], note: str = "", *, process: str, outcome: str) -> None:
@@ -283,19 +286,10 @@ def doctor_findings(fl: FaultLab) -> list[str]:
 
 
 def lab_leftovers(fl: FaultLab) -> list[str]:
-    """Snapshot LUNs, images, loop devices, exposed copies, unreleased leases, sets mid-way, a frozen data volume,
-    and whatever `snapport doctor` finds on either host."""
+    """What the storage keeps of the sets (`FaultLab.storage_leftovers`), exposed copies, unreleased leases, sets
+    mid-way, a frozen data volume, and whatever `snapport doctor` finds on either host."""
     lab = fl.lab
-    array = Array.open(lab.array_path)
-    data_lun = lab.data_lun.lun_id
-    found = [f"snapshot LUN {lun.id}" for lun in array.luns() if lun.id != data_lun]
-    found += [f"orphan image {p}" for p in array.orphan_images()]
-    data_image = str(array.image(data_lun or ""))
-    found += [
-        f"loop {d.device} on {d.backing_file}"
-        for d in loop.attached(SubprocessRunner())
-        if d.backing_file.startswith(f"{array.path}/") and d.backing_file != data_image
-    ]
+    found = fl.storage_leftovers()
     for host in (lab.one, lab.two):
         found += [f"mount {m.mount_point}" for m in host.mounts() if m.mount_point.startswith(str(host.run_dir))]
         catalog = fl.catalog(host.key)
@@ -560,3 +554,71 @@ def test_a_writer_hangs_in_thaw_while_the_volume_is_frozen(fault_lab: FaultLab, 
         process="agent one",
         outcome="aborted, never handed over" if failed else "succeeded",
     )
+
+
+# -- a lab on a Ceph cluster -----------------------------------------------------------------------------------------
+
+
+def test_the_osd_stops_while_the_proxy_backs_up(ceph_fault_lab: CephFaultLab, tmp_path: Path) -> None:
+    """The cluster's one OSD is stopped (SIGSTOP) once the proxy reads the exposed clone: the reads block, the
+    backup's progress stands still, the proxy stops it at the stall bound (ENGINE_STALLED) and cleans up as soon as
+    the OSD answers again; systemOne never fires BackupComplete, and `doctor --repair` leaves nothing."""
+    fl = ceph_fault_lab
+    bulk = fl.lab.data_mount / "bulk.bin"  # enough to read that the backup is still reading when the OSD stops
+    fl.lab.one.run(["dd", "if=/dev/urandom", f"of={bulk}", "bs=1M", "count=192", "conv=fsync"], timeout=120)
+    before = set(sets_of(fl, "one"))
+    argv = fl.offhost_argv(tmp_path / "repo", "--lease", "10", "--stall-timeout", f"{STALL_S:g}")
+    backup = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    osd = fl.osd_pid()
+    stopped = resumed = 0.0
+    try:
+        fl.wait_proxy_phase("backup")
+        os.kill(osd, signal.SIGSTOP)
+        stopped = time.monotonic()
+        deadline = stopped + STALL_S + 60
+        while (job := fl.proxy_jobs([JobState.RUNNING])) and job[0].progress.phase == "backup":
+            assert time.monotonic() < deadline, f"the proxy's backup never gave up: {job[0].progress}"
+            time.sleep(0.2)
+        gave_up_s = time.monotonic() - stopped
+    finally:
+        os.kill(osd, signal.SIGCONT)
+        resumed = time.monotonic()
+    try:
+        out, err = backup.communicate(timeout=180)
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    done = subprocess.CompletedProcess(backup.args, backup.returncode, out, err)
+    fl.lab.one.run(["rm", "-f", str(bulk)], timeout=60)
+    new = [s for s in sets_of(fl, "one") if s not in before]
+    set_id = new[0] if len(new) == 1 else None
+    repaired = doctor_repairs(fl)
+    left = lab_leftovers(fl)
+    check(
+        "the storage stops answering",
+        "the Ceph OSD is stopped (SIGSTOP) while the proxy reads the clone, resumed once the proxy gave up",
+        {
+            "thawed": not frozen_on_one(fl),
+            "no_leftovers": left == [],
+            "backup_complete_once": set_id is not None and fl.backup_completes(set_id) == 0,
+            "catalog_matches": set_id is not None and sets_of(fl, "one")[set_id] == "deleted",
+            "clear_error": done.returncode != 0 and "ENGINE_STALLED" in done.stderr,
+        },
+        note=f"the proxy gave up {gave_up_s:.0f} s after the OSD stopped (stall bound {STALL_S:g} s); {failure(done)}"
+        + (f"; doctor repaired: {repaired}" if repaired else "")
+        + (f"; left: {left}" if left else ""),
+        process="agent two (ceph)",
+        outcome="failed, cleaned up" if done.returncode != 0 else "succeeded",
+    )
+    assert resumed > stopped
+
+
+def doctor_repairs(fl: FaultLab) -> list[str]:
+    """`snapport doctor --repair --json` on each host: what it repaired."""
+    repaired = []
+    for host in (fl.lab.one, fl.lab.two):
+        done = host.run([sys.executable, "-m", "snapport", "doctor", "--repair", "--json"], timeout=180, check=False)
+        report = json.loads(done.stdout)
+        repaired += [f"{host.name}: {r['kind']} {r['action']}" for r in report.get("repaired", [])]
+    return repaired

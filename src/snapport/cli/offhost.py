@@ -14,7 +14,7 @@ from typing import Any
 import click
 from pydantic import TypeAdapter
 
-from snapport.agent.offhost.models import DataMiningResult, OffhostResult
+from snapport.agent.offhost.models import STALL_DEFAULT_S, DataMiningResult, OffhostResult
 from snapport.cli.env import Env, json_option, pass_env
 from snapport.cli.output import progress_line
 from snapport.engines import DEFAULT_ENGINE, ENGINE_NAMES
@@ -35,6 +35,8 @@ _RESULT: TypeAdapter[OffhostResult | DataMiningResult] = TypeAdapter(OffhostResu
 @click.option("--freeze-timeout", type=click.FloatRange(0.1, 600), default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--event-timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True, metavar="SECONDS",
               help="The bound of every other writer event (prepare, thaw, post-snapshot, abort...).")  # fmt: skip
+@click.option("--stall-timeout", "stall_s", type=click.FloatRange(1, 86400), default=STALL_DEFAULT_S, show_default=True,
+              metavar="SECONDS", help="The proxy stops a backup whose progress stands still this long.")  # fmt: skip
 @click.option("--no-backup-session", "no_backup_session", is_flag=True,
               help="Data mining: a persistent (app-rollback) set for the proxy; the source's session ends right "
               "after the handover, without BackupComplete; the command returns then.")  # fmt: skip
@@ -52,6 +54,7 @@ def offhost_backup(
     lease_s: float | None,
     freeze_timeout: float,
     event_timeout: float,
+    stall_s: float,
     no_backup_session: bool,
     server_name: str | None,
     as_json: bool,
@@ -71,6 +74,7 @@ def offhost_backup(
         "lease_s": lease_s,
         "freeze_timeout_s": freeze_timeout,
         "event_timeout_s": event_timeout,
+        "stall_s": stall_s,
         "backup_session": not no_backup_session,
     }
     job_id, result, phases = asyncio.run(_follow(client, params, as_json))

@@ -11,7 +11,10 @@ line on stdin and answers in JSON lines on stdout: progress, `map` requests (ans
 crosses the pipe is validated by pydantic at both ends; the documents travel as XML and are read by the hardened
 parser. To stop a call, `stop` raises (it is polled) or the progress callback raises: the child gets SIGTERM (the
 engine then publishes nothing), its process group SIGKILL after `grace_s`, and the caller's error is raised once
-the child is reaped, so its open files are closed when the call returns. The child dies with the thread that
+the child is reaped, so its open files are closed when the call returns. With `stall_s`, a backup whose progress
+(files, bytes, phase, path lookups) stands still that long is stopped the same way, with `EngineStalled`: a read
+of the exposed copy blocked on storage that stopped answering (an OSD down, say) fails the backup instead of
+holding it for ever. The child dies with the thread that
 started it (PR_SET_PDEATHSIG): call from a thread that waits for the result, as every caller does.
 """
 
@@ -45,7 +48,14 @@ from snapport.engines.base import (
     VerifyReport,
 )
 from snapport.engines.registry import ENGINES, get_engine
-from snapport.errors import DocumentError, JobInterrupted, SnapportError, SystemCommandError, UsageError
+from snapport.errors import (
+    DocumentError,
+    EngineStalled,
+    JobInterrupted,
+    SnapportError,
+    SystemCommandError,
+    UsageError,
+)
 from snapport.osal.runner import PIPE, Process, Runner, SubprocessRunner
 
 MODULE = "snapport.engines.process"
@@ -138,6 +148,7 @@ class ProcessEngine:
         *,
         stop: Callable[[], None] | None = None,
         grace_s: float = GRACE_S,
+        stall_s: float | None = None,
         runner: Runner | None = None,
     ) -> None:
         if name not in ENGINES:
@@ -146,6 +157,7 @@ class ProcessEngine:
         self.repository = repository
         self._stop = stop or (lambda: None)
         self._grace_s = grace_s
+        self._stall_s = stall_s
         self._runner = runner or SubprocessRunner()
 
     @property
@@ -208,7 +220,8 @@ class ProcessEngine:
     def _call(self, request: Request, mapping: PathMapper, progress: ProgressCallback | None) -> Any:
         # Leaving the `with`, whatever happened: SIGKILL of what is left of its process group, and the reap.
         with self._runner.start([sys.executable, "-m", MODULE], stdin=PIPE, stdout=PIPE, die_with_parent=True) as child:
-            talk = _Parent(child, mapping, progress, self._stop, self._grace_s)
+            stall_s = self._stall_s if request.op == "backup" else None
+            talk = _Parent(child, mapping, progress, self._stop, self._grace_s, stall_s=stall_s)
             if talk.converse(request):
                 child.wait(self._grace_s)  # it closed its output: it is exiting
             child.stop(0.0)
@@ -232,13 +245,18 @@ class _Parent:
         progress: ProgressCallback | None,
         stop: Callable[[], None],
         grace_s: float,
+        *,
+        stall_s: float | None,
     ) -> None:
         assert child.stdin is not None and child.stdout is not None
         self.child, self.stdin, self.stdout = child, child.stdin, child.stdout
         self.mapping, self.progress, self.stop, self.grace_s = mapping, progress, stop, grace_s
-        self.stopping: BaseException | None = None  # what the caller raised to stop the call
+        self.stall_s = stall_s
+        self.stopping: BaseException | None = None  # what the caller raised to stop the call (or the stall)
         self.outcome: ChildLine | None = None
         self.term_deadline: float | None = None
+        self.advanced = time.monotonic()  # when the child last got further
+        self.last: Progress | None = None
 
     def converse(self, request: Request) -> bool:
         """True when the child closed its output; False when it must be killed (stopped, and stuck past grace)."""
@@ -269,6 +287,11 @@ class _Parent:
                 self.stop()
             except Exception as exc:
                 self.stopping = exc
+        if self.stopping is None and self.stall_s is not None and time.monotonic() - self.advanced > self.stall_s:
+            self.stopping = EngineStalled(
+                f"the backup made no progress for {self.stall_s:g} s (its last: {_said(self.last)}); stopped. Its "
+                "reads of the exposed copy may be blocked: is the storage reachable?"
+            )
         if self.stopping is None:
             return False
         if self.term_deadline is None:
@@ -278,8 +301,11 @@ class _Parent:
 
     def _receive(self, line: ChildLine) -> None:
         if line.map is not None:
+            self.advanced = time.monotonic()
             _send(self.stdin, _mapped(self.mapping, line.map))
         elif line.progress is not None:
+            if line.progress != self.last:
+                self.advanced, self.last = time.monotonic(), line.progress
             if self.progress is not None and self.stopping is None:
                 try:
                     self.progress(line.progress)
@@ -287,6 +313,12 @@ class _Parent:
                     self.stopping = exc
         else:
             self.outcome = line
+
+
+def _said(p: Progress | None) -> str:
+    if p is None:
+        return "nothing yet"
+    return f"{p.phase.value}, {p.files} files, {p.bytes} bytes"
 
 
 def _mapped(mapping: PathMapper, original: str) -> MapReply:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from snapport.coordinator.host import Host
 from snapport.documents import load_documents
 from snapport.engines import ArchiveEngine, Progress, SetDocuments, select_components
 from snapport.engines.process import ProcessEngine
-from snapport.errors import LeaseExpired
+from snapport.errors import EngineStalled, LeaseExpired
 from tests.support.array_world import HOST_ONE, ArrayWorld
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -81,17 +82,44 @@ def test_a_backup_in_a_child_process_matches_the_engine_and_verifies(world: Arra
     assert world.leftovers(host) == []
 
 
-def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
-    world: ArrayWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _hang_after_half(
+    world: ArrayWorld, fault_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[uuid.UUID, SetDocuments, Host]:
+    """An exposed set whose backup hangs half-way, in the engine's child (the fault is in its environment)."""
     volume = world.volume("data")
     (volume / "a-first").write_bytes(os.urandom(8 << 20))  # the engine hangs after this one (half of the bytes)...
     (volume / "b-next").write_bytes(os.urandom(2 << 20))  # ...with this one open by its read-ahead (not small)
-    set_id, documents, host = _snapshot(world, volume)
-    repo = world.tmp / "repo"
-    fault_log = tmp_path / "fault.log"
     monkeypatch.setenv("SNAPPORT_FAULT", "engine.backup:hang")  # the child inherits it; this process never hits it
     monkeypatch.setenv("SNAPPORT_FAULT_LOG", str(fault_log))
+    return _snapshot(world, volume)
+
+
+def _hung_child(fault_log: Path, running: concurrent.futures.Future[object]) -> int:
+    """The pid of the engine's child once it hangs at its fault point."""
+    deadline = time.monotonic() + 60
+    while not fault_log.exists():
+        assert not running.done(), running.exception()
+        assert time.monotonic() < deadline, "the engine never reached its fault point"
+        time.sleep(0.1)
+    point, action, pid = fault_log.read_text().split()
+    assert (point, action) == ("engine.backup", "hang") and int(pid) != os.getpid()
+    return int(pid)
+
+
+def _released(world: ArrayWorld, host: Host, set_id: uuid.UUID, repo: Path, pid: int) -> None:
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    lifecycle.unexpose(host, set_id)  # nothing holds the copy any more
+    lifecycle.delete(host, set_id)
+    assert world.leftovers(host) == []
+    assert ArchiveEngine(repo).list() == ()  # nothing was published
+
+
+def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
+    world: ArrayWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault_log = tmp_path / "fault.log"
+    set_id, documents, host = _hang_after_half(world, fault_log, monkeypatch)
+    repo = world.tmp / "repo"
     stop = threading.Event()
 
     def check() -> None:
@@ -107,20 +135,34 @@ def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
             lambda original: Path(lifecycle.map_path(host, set_id, original)),
         )
         try:
-            deadline = 60.0
-            while not fault_log.exists() and deadline > 0:
-                assert not running.done(), running.exception()
-                stop.wait(0.1)
-                deadline -= 0.1
-            point, action, pid = fault_log.read_text().split()
-            assert (point, action) == ("engine.backup", "hang") and int(pid) != os.getpid()
-            assert _open_under(int(pid), copy) != []  # it keeps the copy busy: umount would say EBUSY
+            pid = _hung_child(fault_log, running)
+            assert _open_under(pid, copy) != []  # it keeps the copy busy: umount would say EBUSY
         finally:
             stop.set()
         with pytest.raises(LeaseExpired, match="took the lease away"):
             running.result(timeout=30)
-    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
-    lifecycle.unexpose(host, set_id)  # nothing holds the copy any more
-    lifecycle.delete(host, set_id)
-    assert world.leftovers(host) == []
-    assert ArchiveEngine(repo).list() == ()  # nothing was published
+    _released(world, host, set_id, repo, pid)
+
+
+def test_a_backup_whose_progress_stands_still_is_stopped_as_stalled(
+    world: ArrayWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody stops it: the stall bound alone does, the engine child killed, nothing published."""
+    fault_log = tmp_path / "fault.log"
+    set_id, documents, host = _hang_after_half(world, fault_log, monkeypatch)
+    repo = world.tmp / "repo"
+    seen: list[Progress] = []
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            ProcessEngine("archive", repo, grace_s=1.0, stall_s=2.0).backup,
+            documents,
+            select_components(documents),
+            lambda original: Path(lifecycle.map_path(host, set_id, original)),
+            seen.append,
+        )
+        pid = _hung_child(fault_log, running)
+        with pytest.raises(EngineStalled, match=r"no progress for 2 s \(its last: backup, "):
+            running.result(timeout=60)
+    assert time.monotonic() - started >= 2.0 and seen
+    _released(world, host, set_id, repo, pid)

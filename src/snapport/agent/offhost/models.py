@@ -29,6 +29,15 @@ def _known_engine(name: str) -> str:
     return name
 
 
+STALL_DEFAULT_S = 300.0
+_STALL = Field(
+    STALL_DEFAULT_S,
+    gt=0,
+    le=86400,
+    description="the proxy stops a backup whose progress stands still this long (ENGINE_STALLED)",
+)
+
+
 class OffhostParams(_Model):
     """`offhost-backup` (on the production host): what to snapshot, which proxy backs it up, and where."""
 
@@ -40,6 +49,7 @@ class OffhostParams(_Model):
     lease_s: float | None = Field(None, gt=0, le=7 * 86400, description="default: lease_default_s")
     freeze_timeout_s: float = Field(60.0, gt=0, le=600)
     event_timeout_s: float = Field(60.0, gt=0, le=3600, description="the bound of every other writer event")
+    stall_s: float = _STALL
     backup_session: bool = Field(
         True,
         description="false: data mining: the set is made in the persistent context app-rollback, handed over, and "
@@ -59,6 +69,7 @@ class ProxyParams(_Model):
     repo: str = Field(max_length=4096)
     lease_s: float = Field(gt=0, le=7 * 86400)
     engine: str = Field(DEFAULT_ENGINE, description="the backup engine: archive or restic")
+    stall_s: float = _STALL
 
     _repo = field_validator("repo")(classmethod(lambda cls, v: _absolute(v)))
     _engine = field_validator("engine")(classmethod(lambda cls, v: _known_engine(v)))

@@ -107,7 +107,12 @@ async def run_offhost(context: JobContext, params: OffhostParams) -> JsonValue:
         await context.progress("handover")
         inject("offhost.handover")
         proxy_params = ProxyParams(
-            set_id=set_id, source=agent.config.host, repo=params.repo, lease_s=lease_s, engine=params.engine
+            set_id=set_id,
+            source=agent.config.host,
+            repo=params.repo,
+            lease_s=lease_s,
+            engine=params.engine,
+            stall_s=params.stall_s,
         )
         job_id = uuid.uuid5(_JOB_NAMESPACE, str(set_id))
         async with AgentClient.for_peer(agent.config, agent.home, proxy, timeout_s=5.0) as client:

@@ -1,9 +1,10 @@
 """The proxy's job `proxy-backup`: fetch a production host's set documents, back the set up
 (`coordinator.offhost.back_up_imported`, the engine in a child process), heartbeat the lease meanwhile, report.
 
-When the lease is lost (systemOne refuses the heartbeat, or stays unreachable longer than the lease) or the job is
-cancelled, the work gives up: its engine process is stopped (killed if stuck, so its open files no longer pin the
-exposed copy) and the set released here, whatever the work was doing.
+When the lease is lost (systemOne refuses the heartbeat, or stays unreachable longer than the lease), the job is
+cancelled, or the backup's progress stands still longer than `stall_s` (ENGINE_STALLED), the work gives up: its
+engine process is stopped (killed if stuck, so its open files no longer pin the exposed copy) and the set released
+here, whatever the work was doing.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class _ProxyWork:
             raise LeaseExpired(f"set {self.params.set_id}: the lease was lost or the job cancelled; giving up")
 
     def run(self, documents: SetDocuments) -> ProxyOutcome:
-        engine = ProcessEngine(self.params.engine, Path(self.params.repo), stop=self.check, grace_s=STUCK_WORK_GRACE_S)
+        params = self.params
+        engine = ProcessEngine(
+            params.engine, Path(params.repo), stop=self.check, grace_s=STUCK_WORK_GRACE_S, stall_s=params.stall_s
+        )
         return back_up_imported(
             self.host,
             documents,
