@@ -15,6 +15,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -500,11 +501,43 @@ def test_proxy_clock_an_hour_off(fault_lab: FaultLab, tmp_path: Path, offset: st
     )
 
 
-def test_a_writer_hangs_in_thaw_while_the_volume_is_frozen(fault_lab: FaultLab, tmp_path: Path) -> None:
-    """Every writer of systemOne's session hangs at thaw (in the agent's process, the filesystem frozen): the freeze
-    guard and the sqlite watchdog let go at the freeze bound, while the coordinator still waits on the hung thaw."""
+@dataclass(frozen=True)
+class FrozenHang:
+    """A hang in agent one while its volume is frozen: where, in which lab, and how the case is written down."""
+
+    point: str  # hung with SNAPPORT_FAULT=POINT:hang
+    lab: str  # the fixture
+    fault: str
+    process: str
+    ends_itself: bool  # the coordinator gives up on the hung step (else only a restart of the agent ends it)
+    errors: tuple[str, ...]  # what the command's error may name
+
+    @property
+    def action(self) -> str:
+        return f"{self.what}, the volume frozen (SNAPPORT_FAULT={self.point}:hang)"
+
+    @property
+    def what(self) -> str:
+        return "every writer hangs at thaw in agent one" if self.point == "writer.thaw" else "its commit hangs"
+
+
+CEPH_HANG_ERRORS = ("AGENT_UNREACHABLE", "JOB_INTERRUPTED")  # its agent went away, or the job was interrupted
+FROZEN_HANGS = [
+    FrozenHang("writer.thaw", "fault_lab", "a writer hangs", "agent one", True, ("thaw",)),
+    FrozenHang("provider.commit", "ceph_fault_lab", "the provider hangs", "agent one (ceph)", False, CEPH_HANG_ERRORS),
+]
+
+
+@pytest.mark.parametrize("hang", FROZEN_HANGS, ids=[h.point for h in FROZEN_HANGS])
+def test_agent_one_hangs_while_the_volume_is_frozen(
+    request: pytest.FixtureRequest, tmp_path: Path, hang: FrozenHang
+) -> None:
+    """Agent one hangs with its volume frozen: every writer at thaw (the coordinator then waits on the hung thaw
+    until its event bound), or the Ceph provider's commit (nothing ends it but a restart of the agent, whose
+    recovery rolls the set back). The freeze guard and the sqlite watchdog let go at the freeze bound either way."""
+    fault_lab: FaultLab = request.getfixturevalue(hang.lab)
     fault_log = tmp_path / "fault.log"
-    fault_lab.restart_agent("one", {"SNAPPORT_FAULT": "writer.thaw:hang", "SNAPPORT_FAULT_LOG": str(fault_log)})
+    fault_lab.restart_agent("one", {"SNAPPORT_FAULT": f"{hang.point}:hang", "SNAPPORT_FAULT_LOG": str(fault_log)})
     before = set(sets_of(fault_lab, "one"))
     backup = subprocess.Popen(
         fault_lab.offhost_argv(tmp_path / "repo", "--freeze-timeout", "3", "--event-timeout", "8"),
@@ -514,18 +547,20 @@ def test_a_writer_hangs_in_thaw_while_the_volume_is_frozen(fault_lab: FaultLab, 
     )
     try:
         deadline = time.monotonic() + 60
-        while "writer.thaw hang" not in (fault_log.read_text() if fault_log.exists() else ""):
-            assert backup.poll() is None and time.monotonic() < deadline, "the session never reached thaw"
+        while f"{hang.point} hang" not in (fault_log.read_text() if fault_log.exists() else ""):
+            assert backup.poll() is None and time.monotonic() < deadline, f"the session never reached {hang.point}"
             time.sleep(0.1)
         write = "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); os.write(fd, b'x'); os.fsync(fd)"
         try:  # blocks while the volume is frozen
             probe = fault_lab.lab.one.run(
                 [sys.executable, "-c", write, str(fault_lab.lab.data_mount / ".thaw-probe")], timeout=30, check=False
             )
-            thawed_in_time = probe.rc == 0 and backup.poll() is None  # the coordinator waits on thaw for 60 s
+            thawed_in_time = probe.rc == 0 and backup.poll() is None  # the coordinator still waits
         except SnapportError:  # the probe's timeout: still frozen
             thawed_in_time = False
         app_released = app_moves_on(fault_lab)
+        if not hang.ends_itself:
+            fault_lab.restart_agent("one")  # its hung thread goes with it; the new agent's recovery rolls back
         out, err = backup.communicate(timeout=150)
     finally:
         if backup.poll() is None:
@@ -539,19 +574,19 @@ def test_a_writer_hangs_in_thaw_while_the_volume_is_frozen(fault_lab: FaultLab, 
     left = lab_leftovers(fault_lab)
     failed = done.returncode != 0
     check(
-        "a writer hangs",
-        "every writer hangs at thaw in agent one, the volume frozen (SNAPPORT_FAULT=writer.thaw:hang)",
+        hang.fault,
+        hang.action,
         {
             "freeze_bounded": thawed_in_time,
             "thawed": app_released and not frozen_on_one(fault_lab),
             "no_leftovers": left == [],
             "backup_complete_once": set_id is not None and fault_lab.backup_completes(set_id) == 0,
             "catalog_matches": set_id is not None and sets_of(fault_lab, "one")[set_id] == "aborted",
-            "clear_error": failed and "thaw" in done.stderr,
+            "clear_error": failed and any(e in done.stderr for e in hang.errors),
         },
         note=f"volume writable while the coordinator still waited: {thawed_in_time}; {failure(done)}"
         + (f"; left: {left}" if left else ""),
-        process="agent one",
+        process=hang.process,
         outcome="aborted, never handed over" if failed else "succeeded",
     )
 

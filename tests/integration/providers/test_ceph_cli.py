@@ -28,6 +28,7 @@ from snapport.osal.runner import SubprocessRunner
 from snapport.providers.base import ProviderHost
 from snapport.providers.ceph_rbd import CephRbdProvider
 from snapport.providers.ceph_rbd.cluster import CONFIG_FILE
+from snapport.providers.ceph_rbd.presentation import serving_daemons
 from tests.conftest import Scratch, needs_tool
 from tests.support.ceph import PRODUCTION, PROXY, Admin, client_home
 
@@ -196,11 +197,14 @@ def test_present_list_unpresent(world: World) -> None:
     mnt.unmount(world.scratch.runner, mount_point)
     world.scratch.forget_mount(mount_point)
 
+    daemon = serving_daemons(home.path / "rbd" / pool / "-" / rw)
+    assert len(daemon) == 1
     assert home.ok("rbd", "unpresent", f"{pool}/{rw}") == {
         "image": f"{pool}/{rw}",
         "host": home.name,
         "detached": [device],
     }
+    assert not Path(f"/proc/{daemon[0]}").exists() or "Z" in Path(f"/proc/{daemon[0]}/stat").read_text()  # it exited
     assert home.ok("rbd", "unpresent", f"{pool}/{rw}")["detached"] == []  # idempotent
     assert home.ok("rbd", "unpresent", f"{pool}/{ro}")["detached"] == [ro_device]
     assert home.ok("rbd", "list") == {"host": home.name, "presentations": []}

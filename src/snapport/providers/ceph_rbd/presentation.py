@@ -6,7 +6,9 @@ Through FUSE, an image `POOL[/NS]/NAME` is served by one rbd-fuse daemon (`-r NA
 between the loop device and the daemon). Nothing else records a presentation: the loop device's backing file names
 the image and the home it was presented for, and unmounting the FUSE mount ends its daemon, so a crash leaves
 nothing a scan of the loop devices and of this home's mounts cannot find. rbd-fuse daemonises once its mount is
-up; it outlives the command that presented the image, as a loop device does.
+up; it outlives the command that presented the image, as a loop device does. Unpresenting waits for the daemon
+(found by its mount point, its last argument) to close the image and exit, so that nothing of it is left running
+when the command returns: closing may wait for the cluster (a dead client's exclusive lock, say).
 
 Through the kernel, `rbd device map` gives `/dev/rbdN`; `/sys/bus/rbd/devices/N` names its pool, namespace and
 image, and `/sys/bus/rbd/devices/N/block/rbdN/ro` whether it is read-only. Which home mapped it is recorded in
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +40,8 @@ PRESENT_DIR = "rbd"
 FUSE_TYPE = "fuse.rbd-fuse"
 SYS_RBD = Path("/sys/bus/rbd")
 FUSE_START_S = 20.0
+DAEMON_EXIT_S = 45.0  # for rbd-fuse to close its image once unmounted: past a dead client's watch (30 s)
+KILLED_EXIT_S = 5.0
 LOCK_WAIT_S = 120.0
 _RBD_DEVICE = re.compile(r"^/dev/rbd(\d+)$")
 
@@ -147,8 +152,10 @@ class FusePresenter:
 
     def _stop_serving(self, image: ImageRef) -> None:
         point = self.mount_point(image)
+        daemons = serving_daemons(point)
         if mnt.mount_at(point) is not None:
             mnt.unmount(self.runner, point)
+        _await_exit(daemons, f"rbd-fuse serving RBD image {image}")
         for directory in (point, point.parent, point.parent.parent):
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -191,6 +198,46 @@ class FusePresenter:
                 if ref is not None:
                     found.append((ref, Path(m.mount_point)))
         return found
+
+
+def serving_daemons(point: Path) -> list[int]:
+    """The pids of the rbd-fuse daemons serving at `point` (it is their last argument)."""
+    found = []
+    wanted = os.fsencode(point)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if argv and argv[0].rsplit(b"/", 1)[-1] == b"rbd-fuse" and argv[-1] == wanted:
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has closed everything
+
+
+def _await_exit(pids: list[int], what: str) -> None:
+    """Wait for `pids` to exit; SIGKILL those that outlive `DAEMON_EXIT_S` (their mount is gone: nothing is
+    written through them any more), and fail if even that does not end them."""
+    for bound, kill in ((DAEMON_EXIT_S, True), (KILLED_EXIT_S, False)):
+        deadline = time.monotonic() + bound
+        while (left := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not left:
+            return
+        if kill:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    raise SystemCommandError(f"{what} (pids {', '.join(map(str, left))}) did not exit, even killed")
 
 
 def _backing(device: str) -> str | None:
