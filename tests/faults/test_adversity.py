@@ -545,6 +545,7 @@ def test_agent_one_hangs_while_the_volume_is_frozen(
         stderr=subprocess.PIPE,
         text=True,
     )
+    restarted = False
     try:
         deadline = time.monotonic() + 60
         while f"{hang.point} hang" not in (fault_log.read_text() if fault_log.exists() else ""):
@@ -561,12 +562,14 @@ def test_agent_one_hangs_while_the_volume_is_frozen(
         app_released = app_moves_on(fault_lab)
         if not hang.ends_itself:
             fault_lab.restart_agent("one")  # its hung thread goes with it; the new agent's recovery rolls back
+            restarted = True
         out, err = backup.communicate(timeout=150)
     finally:
         if backup.poll() is None:
             backup.kill()
             backup.wait()
-        fault_lab.restart_agent("one")  # its hung writer threads go with it
+        if not restarted:
+            fault_lab.restart_agent("one")  # its hung threads go with it
     fault_lab.lab.one.run(["rm", "-f", str(fault_lab.lab.data_mount / ".thaw-probe")], timeout=60)
     done = subprocess.CompletedProcess(backup.args, backup.returncode, out, err)
     new = [s for s in sets_of(fault_lab, "one") if s not in before]

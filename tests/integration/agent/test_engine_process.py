@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,22 @@ def _hung_child(fault_log: Path, running: concurrent.futures.Future[object]) -> 
     return int(pid)
 
 
+def _backing_up(
+    pool: concurrent.futures.ThreadPoolExecutor,
+    engine: ProcessEngine,
+    documents: SetDocuments,
+    host: Host,
+    progress: Callable[[Progress], None] | None = None,
+) -> concurrent.futures.Future[object]:
+    """`engine`'s backup of the exposed set, running on `pool`."""
+    set_id = documents.set_id
+
+    def mapping(original: str) -> Path:
+        return Path(lifecycle.map_path(host, set_id, original))
+
+    return pool.submit(engine.backup, documents, select_components(documents), mapping, progress)
+
+
 def _released(world: ArrayWorld, host: Host, set_id: uuid.UUID, repo: Path, pid: int) -> None:
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
     lifecycle.unexpose(host, set_id)  # nothing holds the copy any more
@@ -128,12 +145,7 @@ def test_a_hung_engine_is_killed_and_the_copy_can_be_released(
 
     copy = world.tmp / f"run-{HOST_ONE}" / str(set_id)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            ProcessEngine("archive", repo, stop=check, grace_s=1.0).backup,
-            documents,
-            select_components(documents),
-            lambda original: Path(lifecycle.map_path(host, set_id, original)),
-        )
+        running = _backing_up(pool, ProcessEngine("archive", repo, stop=check, grace_s=1.0), documents, host)
         try:
             pid = _hung_child(fault_log, running)
             assert _open_under(pid, copy) != []  # it keeps the copy busy: umount would say EBUSY
@@ -154,13 +166,8 @@ def test_a_backup_whose_progress_stands_still_is_stopped_as_stalled(
     seen: list[Progress] = []
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            ProcessEngine("archive", repo, grace_s=1.0, stall_s=2.0).backup,
-            documents,
-            select_components(documents),
-            lambda original: Path(lifecycle.map_path(host, set_id, original)),
-            seen.append,
-        )
+        engine = ProcessEngine("archive", repo, grace_s=1.0, stall_s=2.0)
+        running = _backing_up(pool, engine, documents, host, seen.append)
         pid = _hung_child(fault_log, running)
         with pytest.raises(EngineStalled, match=r"no progress for 2 s \(its last: backup, "):
             running.result(timeout=60)
