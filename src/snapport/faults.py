@@ -54,6 +54,7 @@ POINTS: tuple[str, ...] = (
     "engine.verify",
     "engine.restore",  # a restore's process (not on the backup flow)
     "engine.restore-write",  # a restore's process: each file's first chunk is written under its temporary name
+    "engine.forget",  # a forget's process (archive engine): a set is renamed out of place, its files not yet removed
     "proxy.verify",  # agent two: the backup is published, its verification not yet started
     "set.unexpose",  # agent two (or `snapport unexpose`): before the copies are unmounted
     "set.delete",  # either agent (systemOne ends its session, the proxy releases its import) or `snapport delete`

@@ -54,6 +54,7 @@ OFF_FLOW = {
     "writer.post-restore": "restores only (`snapport restore`)",
     "engine.restore": "restores only (`snapport restore`)",
     "engine.restore-write": "restores only (`snapport restore`; tests/integration/restore/test_interrupted_restore.py)",
+    "engine.forget": "forgets only (`snapport forget`; tests/integration/engines/test_forget.py)",
     **{p: "`snapport lab up` (tests/integration/lab/test_crash.py)" for p in POINTS if p.startswith("lab.")},
 }
 # A point the flow passes only on a failure path is led to by another fault first (SNAPPORT_FAULT takes a list).

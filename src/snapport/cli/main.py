@@ -36,6 +36,8 @@ VERBS = {
     "docs": "snapport.cli.docs:docs",
     "verify": "snapport.cli.verify:verify",
     "backups": "snapport.cli.verify:backups",
+    "forget": "snapport.cli.retention:forget",
+    "prune": "snapport.cli.retention:prune",
     "agent": "snapport.cli.agent:agent",
     "certs": "snapport.cli.certs:certs",
     "jobs": "snapport.cli.agent:jobs",

@@ -13,6 +13,7 @@ from snapport.engines.base import (
     ComponentResult,
     ComponentSource,
     Engine,
+    Forgotten,
     PathMapper,
     Phase,
     Problem,
@@ -26,6 +27,7 @@ from snapport.engines.base import (
     select_components,
 )
 from snapport.engines.registry import DEFAULT_ENGINE, ENGINE_NAMES, ENGINES, get_engine, open_repository, recognise
+from snapport.engines.retention import Decision, Policy, RetentionGroup, group_of, plan
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -37,19 +39,25 @@ __all__ = [
     "ComponentKey",
     "ComponentResult",
     "ComponentSource",
+    "Decision",
     "Engine",
+    "Forgotten",
     "PathMapper",
     "Phase",
+    "Policy",
     "Problem",
     "ProblemKind",
     "Progress",
     "ProgressCallback",
     "RestoreResult",
+    "RetentionGroup",
     "SetDocuments",
     "SetSummary",
     "VerifyReport",
     "get_engine",
+    "group_of",
     "open_repository",
+    "plan",
     "recognise",
     "select_components",
 ]

@@ -18,6 +18,11 @@ Contract, method by method (restic's Backend habit):
   `overwrite` (then it replaces what it restores and leaves everything else alone). Never writes outside `target`
   (no member may escape it, whatever the repository says) and never follows a link it did not restore itself.
   Phases report progress as `Phase.RESTORE`.
+- `forget` removes the published sets named, all of each or nothing of it, under the repository's lock; a set
+  being verified or restored is not removed (listed as in use, to be forgotten by a later run). Idempotent: a set
+  already gone is neither removed nor an error. Which sets to name is `retention.plan`'s business, not the engine's.
+- `prune_incomplete` removes what interrupted backups (and forgets) left, never what a running one is writing, and
+  says what it removed.
 
 Errors: `BadState` (the set exists), `ObjectNotFound`, `UsageError` (not a repository), `PathEscape` (a mapped
 path leaves the exposed copy), `SystemCommandError` (the OS refused a read or write; retryable once fixed).
@@ -216,6 +221,14 @@ class SetSummary:
     readable: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What a `forget` did: the sets removed, and those kept because a verify or restore was reading them."""
+
+    removed: tuple[uuid.UUID, ...]
+    in_use: tuple[uuid.UUID, ...] = ()
+
+
 class Engine(Protocol):
     """A backup engine bound to one repository (see the module docstring for each method's contract). The engine
     conformance suite checks every implementation against it, signatures included."""
@@ -249,3 +262,7 @@ class Engine(Protocol):
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
     ) -> RestoreResult: ...
+
+    def forget(self, set_ids: Sequence[uuid.UUID]) -> Forgotten: ...
+
+    def prune_incomplete(self) -> tuple[str, ...]: ...

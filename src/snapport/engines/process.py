@@ -39,6 +39,7 @@ from snapport.engines.base import (
     Capabilities,
     ComponentKey,
     ComponentSource,
+    Forgotten,
     PathMapper,
     Progress,
     ProgressCallback,
@@ -63,7 +64,7 @@ GRACE_S = 5.0
 POLL_S = 0.2
 MAX_LINE = 64 << 20
 
-Op = Literal["backup", "verify", "list", "documents", "restore"]
+Op = Literal["backup", "verify", "list", "documents", "restore", "forget", "prune"]
 
 
 class _Wire(BaseModel):
@@ -82,6 +83,7 @@ class Request(_Wire):
     components: tuple[ComponentKey, ...] | None = None  # backup: which (writer id, component); restore: None = all
     target: str = ""  # restore
     overwrite: bool = False
+    set_ids: tuple[uuid.UUID, ...] = ()  # forget
 
 
 class WireError(_Wire):
@@ -131,6 +133,8 @@ _RESULTS: dict[Op, TypeAdapter[Any]] = {
     "list": TypeAdapter(tuple[SetSummary, ...]),
     "documents": TypeAdapter(DocumentsXml),
     "restore": TypeAdapter(RestoreResult),
+    "forget": TypeAdapter(Forgotten),
+    "prune": TypeAdapter(tuple[str, ...]),
 }
 
 
@@ -211,6 +215,14 @@ class ProcessEngine:
         )
         result: RestoreResult = self._call(request, _no_mapping, progress)
         return result
+
+    def forget(self, set_ids: Sequence[uuid.UUID]) -> Forgotten:
+        forgotten: Forgotten = self._call(self._request("forget", None, set_ids=tuple(set_ids)), _no_mapping, None)
+        return forgotten
+
+    def prune_incomplete(self) -> tuple[str, ...]:
+        removed: tuple[str, ...] = self._call(self._request("prune", None), _no_mapping, None)
+        return removed
 
     # -- the parent's side --------------------------------------------------------------------------------------
 
@@ -394,6 +406,10 @@ class _Child:
             return engine.backup(documents, _sources(documents, request.components or ()), self.map, self.progress)
         if request.op == "list":
             return engine.list()
+        if request.op == "forget":
+            return engine.forget(request.set_ids)
+        if request.op == "prune":
+            return engine.prune_incomplete()
         if set_id is None:
             raise UsageError(f"engine operation {request.op} needs a set id")
         if request.op == "verify":

@@ -436,7 +436,7 @@ def test_a_killed_backup_leaves_the_repository_as_it_was(tmp_path: Path, how: st
     assert [s.set_id for s in engine.list()] == [first.set_id]
     with pytest.raises(ObjectNotFound):
         engine.verify(docs.set_id)
-    assert engine.prune_incomplete() == tuple(leftovers)
+    assert engine.prune_incomplete() == tuple(str(p) for p in leftovers)
     assert sorted(p.name for p in engine.sets_dir.iterdir()) == [str(first.set_id)]
     after = {p.name: p.read_bytes() for p in (engine.sets_dir / str(first.set_id)).iterdir() if p.is_file()}
     assert after == before and engine.verify(first.set_id).intact

@@ -109,6 +109,8 @@ def test_the_protocol_check_finds_every_departure() -> None:
         "list",  # another return type
         "documents",  # another parameter type, another return type
         "restore",  # not a method
+        "forget",  # missing
+        "prune_incomplete",  # missing
     ]
     assert "set_id: <class 'str'>" in found[4]
     assert protocol_mismatches(ENGINES["archive"](Path("/nonexistent")), Engine) == []
@@ -156,6 +158,20 @@ def test_a_cancelled_backup_is_not_listed_and_can_be_retried(engine: Engine, sna
     assert engine.list() == ()
     engine.backup(docs, select_components(docs), snap.map)
     assert engine.verify(docs.set_id).intact
+
+
+def test_forget_removes_the_sets_named_and_only_them(engine: Engine, snap: Snapshot) -> None:
+    made = [documents() for _ in range(3)]
+    for docs in made:
+        engine.backup(docs, select_components(docs), snap.map)
+    gone, kept = [made[0].set_id, made[2].set_id], made[1].set_id
+    assert set(engine.forget([*gone, uuid.uuid4()]).removed) == set(gone)  # an unknown id is no error
+    assert [s.set_id for s in engine.list()] == [kept]
+    assert engine.verify(kept).intact
+    with pytest.raises(ObjectNotFound):
+        engine.verify(gone[0])
+    assert engine.forget(gone).removed == ()  # idempotent
+    assert engine.prune_incomplete() == ()  # a forget leaves nothing behind
 
 
 def test_verify_of_what_is_not_there_raises(engine: Engine, snap: Snapshot) -> None:

@@ -24,6 +24,7 @@ from snapport.engines.base import (
     Capabilities,
     ComponentKey,
     ComponentSource,
+    Forgotten,
     PathMapper,
     Phase,
     ProgressCallback,
@@ -83,9 +84,14 @@ class ArchiveEngine:
     def sets_dir(self) -> Path:
         return self._repository.sets_dir
 
-    def prune_incomplete(self) -> tuple[Path, ...]:
-        """Remove what interrupted backups left; the temporary directory of a backup still running stays."""
-        return self._repository.prune_incomplete()
+    def prune_incomplete(self) -> tuple[str, ...]:
+        """Remove what interrupted backups and forgets left; the temporary directory of a backup still running
+        stays."""
+        return tuple(str(path) for path in self._repository.prune_incomplete())
+
+    def forget(self, set_ids: Sequence[uuid.UUID]) -> Forgotten:
+        """Remove the sets named, each whole; one being verified or restored is kept (in use)."""
+        return self._repository.forget(set_ids)
 
     def list(self) -> tuple[SetSummary, ...]:
         """The published sets, oldest first; a set whose `set.json` cannot be read is listed as unreadable."""
@@ -150,9 +156,9 @@ class ArchiveEngine:
         """Restore the set (or the chosen components) under `target`; see `archive.restore` for the guarantees."""
         started = time.monotonic()
         inject("engine.restore")
-        set_dir = self._repository.set_dir(set_id)
         meter = Meter(progress, self.progress_interval_s)
-        done = restore_set(set_dir, set_id, target, components=components, overwrite=overwrite, meter=meter)
+        with self._repository.reading(set_id) as set_dir:
+            done = restore_set(set_dir, set_id, target, components=components, overwrite=overwrite, meter=meter)
         elapsed = time.monotonic() - started
         return RestoreResult(set_id, self.name, Path(target), done.components, done.files, done.bytes, elapsed)
 
@@ -161,9 +167,9 @@ class ArchiveEngine:
         the manifest (type, metadata, size, content digest). Damage is reported, not raised."""
         started = time.monotonic()
         inject("engine.verify")
-        set_dir = self._repository.set_dir(set_id)
-        check = Verification(set_dir, set_id, self.digest_algorithm, Meter(progress, self.progress_interval_s))
-        check.run()
+        with self._repository.reading(set_id) as set_dir:
+            check = Verification(set_dir, set_id, self.digest_algorithm, Meter(progress, self.progress_interval_s))
+            check.run()
         return VerifyReport(
             set_id, self.name, tuple(check.problems), check.files, check.bytes, time.monotonic() - started
         )

@@ -10,6 +10,11 @@ Layout (format 1)::
     REPO/sets/<set-id>/data.tar.zst        the entries in manifest order: pax tar, zstd with frame checksums
     REPO/sets/<set-id>/backup-components.xml, writers/<writer-id>.xml
     REPO/sets/.tmp-<set-id>-<random>/      a backup being written (flock'ed) or an interrupted one
+    REPO/sets/.tmp-forgotten-<set-id>-<random>/   a set being forgotten (flock'ed) or an interrupted forget
+
+A published set directory is flock'ed shared by every verify and restore reading it, and exclusively by a forget
+(non-blocking: a set being read is not forgotten this time). A forget renames the set out of `sets/<set-id>` (so
+it is gone at once, whole) before removing its files.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import json
 import os
 import secrets
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -36,13 +42,16 @@ from snapport.engines.archive.format import (
     field,
 )
 from snapport.engines.archive.stream import CHUNK
-from snapport.engines.base import SetSummary
-from snapport.errors import BadState, ObjectNotFound, UsageError
+from snapport.engines.base import Forgotten, SetSummary
+from snapport.errors import BadState, ObjectNotFound, SetInProgress, UsageError
+from snapport.faults import inject
 from snapport.osal.atomic import fsync_dir
 from snapport.osal.lock import FileLock
 
 TMP_PREFIX = ".tmp-"
+FORGOTTEN_PREFIX = f"{TMP_PREFIX}forgotten-"
 PUBLISH_LOCK_WAIT_S = 60.0
+READ_LOCK_WAIT_S = 10.0  # a reader waits this long for a forget holding the set (it then finds the set gone)
 FILE_MODE = 0o600  # a backup holds every secret of the volume it copies
 DIR_MODE = 0o700
 
@@ -145,8 +154,58 @@ class Repository:
             if not published:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def reading(self, set_id: uuid.UUID) -> Iterator[Path]:
+        """The directory of a published set, flock'ed shared while the block reads it, so no forget removes it.
+        `ObjectNotFound` if it does not exist or a forget took it first."""
+        set_dir = self.set_dir(set_id)
+        try:
+            fd = os.open(set_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no set {set_id} in repository {self.path}") from None
+        try:
+            deadline = time.monotonic() + READ_LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SetInProgress(f"set {set_id} in repository {self.path} is being forgotten") from None
+                    time.sleep(0.05)
+            if not _same_directory(fd, set_dir):
+                raise ObjectNotFound(f"no set {set_id} in repository {self.path} (it was just forgotten)")
+            yield set_dir
+        finally:
+            os.close(fd)
+
+    def forget(self, set_ids: Sequence[uuid.UUID]) -> Forgotten:
+        """Remove the published sets named, each whole (renamed out of place, then removed); a set being read is
+        kept and listed as in use, one already gone is skipped."""
+        self.open(create=False)
+        removed: list[uuid.UUID] = []
+        in_use: list[uuid.UUID] = []
+        with self.lock():
+            for set_id in set_ids:
+                set_dir = self.sets_dir / str(set_id)
+                if not set_dir.is_dir():
+                    continue
+                gone = self.sets_dir / f"{FORGOTTEN_PREFIX}{set_id}-{secrets.token_hex(6)}"
+                try:
+                    with _locked_dir(set_dir):
+                        set_dir.rename(gone)
+                        fsync_dir(self.sets_dir)
+                        inject("engine.forget")  # the set is out of place, its files not yet removed
+                        shutil.rmtree(gone)
+                except BlockingIOError:
+                    in_use.append(set_id)
+                    continue
+                removed.append(set_id)
+        return Forgotten(tuple(removed), tuple(in_use))
+
     def prune_incomplete(self) -> tuple[Path, ...]:
-        """Remove what interrupted backups left; the temporary directory of a backup still running stays."""
+        """Remove what interrupted backups and forgets left; the temporary directory of a backup still running
+        stays."""
         self.open(create=False)
         removed = []
         with self.lock():
@@ -200,6 +259,15 @@ def _is_blank(directory: Path) -> bool:
         if not path.name.startswith(f".{MARKER_FILE}."):
             return False
     return True
+
+
+def _same_directory(fd: int, path: Path) -> bool:
+    """Whether `path` still names the directory open at `fd` (a forget renames a set away)."""
+    try:
+        here, there = os.fstat(fd), path.stat()
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from snapport.engines.base import (
     Capabilities,
     ComponentKey,
     ComponentSource,
+    Forgotten,
     PathMapper,
     Phase,
     Problem,
@@ -482,11 +483,20 @@ class ResticEngine:
         emit(Progress(Phase.RESTORE, len(stored), size, len(stored), size))
         return RestoreResult(set_id, self.name, target, tuple(chosen), len(stored), size, time.monotonic() - started)
 
+    def forget(self, set_ids: Sequence[uuid.UUID]) -> Forgotten:
+        """`restic forget --prune` of the sets' snapshots: restic's exclusive lock waits for every backup, check
+        and restore of the repository to end first, so nothing being read is removed (and none is in use after)."""
+        wanted = set(set_ids)
+        chosen = [s for s in self.snapshots() if s.set_id in wanted]
+        if chosen:
+            self._restic.checked("forget", "--prune", *(s.id for s in chosen), exclusive=True)
+        return Forgotten(tuple(dict.fromkeys(s.set_id for s in chosen if s.complete)))
+
     def prune_incomplete(self) -> tuple[str, ...]:
-        """Forget the snapshots of interrupted backups (their data goes with the next `restic prune`)."""
+        """Forget the snapshots of interrupted backups, and prune the data only they held."""
         stale = [s.id for s in self.snapshots() if not s.complete]
         if stale:
-            self._restic.checked("forget", *stale, exclusive=True)
+            self._restic.checked("forget", "--prune", *stale, exclusive=True)
         return tuple(stale)
 
 

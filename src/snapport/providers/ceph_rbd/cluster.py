@@ -18,6 +18,7 @@ environment by `scripts/setup`; they are imported on first use, so a host withou
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
 import contextlib
@@ -33,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from snapport.errors import BadState, ConfigError, ObjectNotFound, ProviderError, ProviderVeto, SnapportError
+from snapport.providers.ceph_rbd.fencing import ClientRecord, addresses, fence_dead
 
 CONFIG_FILE = "ceph.toml"
 CONNECT_TIMEOUT_S = 10
@@ -164,11 +166,14 @@ def check_files(config: CephConfig) -> None:
 
 
 class Cluster:
-    """One connection to the host's cluster, opened on first use and kept (a commit must not pay for it)."""
+    """One connection to the host's cluster, opened on first use and kept (a commit must not pay for it). With a
+    home, connecting fences that home's dead clients and records this one (fencing.py)."""
 
-    def __init__(self, config: CephConfig) -> None:
+    def __init__(self, config: CephConfig, home: Path | None = None) -> None:
         self.config = config
+        self.home = home
         self._rados: Any = None
+        self._record: ClientRecord | None = None
         self._ioctx: dict[tuple[str, str], Any] = {}
 
     @property
@@ -203,6 +208,10 @@ class Cluster:
                     handle.shutdown()
                 raise _connect_error(exc, config, client) from None
             self._rados = handle
+            if self.home is not None:
+                fence_dead(self.home, handle)
+                self._record = ClientRecord(self.home, addresses(str(handle.get_addrs())))
+                atexit.register(self._record.release)  # an exit is no death: only a killed client is fenced
         return self._rados
 
     @property
@@ -275,6 +284,9 @@ class Cluster:
             with contextlib.suppress(Exception):
                 self._rados.shutdown()
             self._rados = None
+        if self._record is not None:
+            self._record.release()
+            self._record = None
 
 
 def _connect_error(exc: BaseException, config: CephConfig, client: str) -> SnapportError:

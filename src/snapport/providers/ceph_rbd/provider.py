@@ -111,7 +111,7 @@ class CephRbdProvider:
     @property
     def cluster(self) -> Cluster:
         if self._cluster is None:
-            self._cluster = Cluster(self._require_config())
+            self._cluster = Cluster(self._require_config(), self.host.home)
         return self._cluster
 
     @property
