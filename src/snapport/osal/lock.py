@@ -23,18 +23,9 @@ class FileLock:
     def __enter__(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise SetInProgress(
-                        f"{self.what} is held by another process (waited {self.timeout_s:g} s)"
-                    ) from None
-                time.sleep(0.02)
+        if not flock_within(fd, fcntl.LOCK_EX, self.timeout_s):
+            os.close(fd)
+            raise SetInProgress(f"{self.what} is held by another process (waited {self.timeout_s:g} s)")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -47,6 +38,20 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def flock_within(fd: int, operation: int, timeout_s: float) -> bool:
+    """Take `flock(fd, operation)` (LOCK_EX or LOCK_SH), trying every 20 ms for up to `timeout_s`; False if another
+    process still held it then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def holders(path: Path) -> list[int]:

@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -46,7 +45,7 @@ from snapport.engines.base import Forgotten, SetSummary
 from snapport.errors import BadState, ObjectNotFound, SetInProgress, UsageError
 from snapport.faults import inject
 from snapport.osal.atomic import fsync_dir
-from snapport.osal.lock import FileLock
+from snapport.osal.lock import FileLock, flock_within
 
 TMP_PREFIX = ".tmp-"
 FORGOTTEN_PREFIX = f"{TMP_PREFIX}forgotten-"
@@ -164,15 +163,8 @@ class Repository:
         except FileNotFoundError:
             raise ObjectNotFound(f"no set {set_id} in repository {self.path}") from None
         try:
-            deadline = time.monotonic() + READ_LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise SetInProgress(f"set {set_id} in repository {self.path} is being forgotten") from None
-                    time.sleep(0.05)
+            if not flock_within(fd, fcntl.LOCK_SH, READ_LOCK_WAIT_S):
+                raise SetInProgress(f"set {set_id} in repository {self.path} is being forgotten")
             if not _same_directory(fd, set_dir):
                 raise ObjectNotFound(f"no set {set_id} in repository {self.path} (it was just forgotten)")
             yield set_dir
